@@ -1,0 +1,67 @@
+"""Length-sorted, token-budget batches; padding per batch; scores scattered back to input order.
+
+Why a token budget instead of a pair count: the cost of a batch is its *padded* size, rows ×
+longest row, and attention adds a term quadratic in the length. Sorting by length keeps
+padding near zero; capping ``rows × length`` keeps every batch in the cache-friendly range
+(small batches win on CPU), and capping ``rows × length²`` keeps attention memory bounded for
+long documents (one 8k-token pair is a batch of its own). This is text-embeddings-inference's
+batching, done per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Limits of one batch: padded tokens, rows, and attention score elements per head."""
+
+    token_budget: int = 2048
+    max_batch_size: int = 256
+    attention_budget: int = 1 << 23  # rows × length² (≈ 32 MB of fp32 scores per head)
+
+    def rows_for_length(self, length: int) -> int:
+        length = max(int(length), 1)
+        return max(1, min(self.max_batch_size, self.token_budget // length,
+                          self.attention_budget // (length * length)))
+
+
+@dataclass
+class Batch:
+    """One padded batch and the input positions of its rows."""
+
+    indices: np.ndarray
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.size)
+
+
+def plan_batches(lengths: np.ndarray, policy: BatchPolicy) -> list[np.ndarray]:
+    """Index arrays of batches, longest rows first, each within the policy's limits."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        rows = policy.rows_for_length(lengths[order[start]])  # the first row is the batch's longest
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
+
+
+def pad_batch(token_ids: list[list[int]], indices: np.ndarray, pad_id: int) -> Batch:
+    """Right-pad the selected rows to the longest of them (never to a global maximum)."""
+    rows = [token_ids[i] for i in indices]
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = row
+        mask[r, :len(row)] = 1
+    return Batch(np.asarray(indices), ids, mask)

@@ -1,0 +1,213 @@
+"""The ``rerankrt`` command: export, predict, rank, info, bench.
+
+The export subcommand imports ``rerankrt.export`` only when called, so the serving commands
+work in a runtime-only install (no torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from .errors import RerankrtError
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from rerankrt.export.pipeline import export
+    except ImportError as exc:
+        print(f"error: the export stage needs the [export] extra (pip install 'rerankrt[export]'): {exc}",
+              file=sys.stderr)
+        return 2
+    tolerances = None
+    if args.tolerance:
+        from rerankrt.export.parity import DEFAULT_TOLERANCES, Tolerance
+        tolerances = {}
+        for item in args.tolerance:
+            precision, _, values = item.partition(":")
+            fields = dict(v.split("=") for v in values.split(","))
+            base = DEFAULT_TOLERANCES[precision]
+            tolerances[precision] = Tolerance(
+                max_rel_delta=float(fields.get("max_rel_delta", base.max_rel_delta)),
+                min_spearman=float(fields.get("min_spearman", base.min_spearman)),
+                min_top10=float(fields.get("min_top10", base.min_top10)))
+    export(args.model, args.output, precisions=[p.strip() for p in args.precision.split(",") if p.strip()],
+           revision=args.revision, max_length=args.max_length, calibration_file=args.calibration,
+           tolerances=tolerances, allow_parity_failure=args.allow_parity_failure, overwrite=args.overwrite,
+           threads=args.threads)
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from .reranker import Reranker
+
+    return Reranker.from_pretrained(args.artifact, precision=args.precision, threads=args.threads,
+                                    max_length=args.max_length)
+
+
+def _read_stdin_pairs() -> list[tuple[str, str]]:
+    pairs = []
+    for lineno, line in enumerate(sys.stdin, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pairs.append((row["query"], row["document"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise RerankrtError(f"stdin line {lineno}: expected {{\"query\": ..., \"document\": ...}} ({exc})") from exc
+    return pairs
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    reranker = _load(args)
+    if args.doc:
+        if args.query is None:
+            raise RerankrtError("--doc needs --query")
+        pairs = [(args.query, d) for d in args.doc]
+    else:
+        pairs = _read_stdin_pairs()
+    scores = reranker.predict(pairs, activation_fn=args.activation, show_progress_bar=args.progress)
+    for (query, doc), score in zip(pairs, np.atleast_1d(scores)):
+        print(json.dumps({"query": query, "document": doc, "score": float(score)}, ensure_ascii=False))
+    return 0
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    reranker = _load(args)
+    results = reranker.rank(args.query, args.doc, top_k=args.top_k, return_documents=True,
+                            activation_fn=args.activation)
+    for item in results:
+        print(json.dumps(item, ensure_ascii=False))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .artifact import load_artifact
+    from .hardware import cpu_info
+
+    artifact = load_artifact(args.artifact)
+    m = artifact.manifest
+    if args.json:
+        print(json.dumps({"manifest": m, "cpu": cpu_info().summary()}, indent=2))
+        return 0
+    arch = m["architecture"]
+    print(f"artifact     {artifact.directory}")
+    print(f"source       {m.get('source', {}).get('id')} (revision {m.get('source', {}).get('revision')})")
+    print(f"model        {arch.get('model_type')} hidden={arch.get('hidden_size')} layers={arch.get('num_hidden_layers')} "
+          f"heads={arch.get('num_attention_heads')} pooling={arch.get('pooling')}")
+    print(f"max_length   {artifact.max_length} (truncation {m['tokenizer']['truncation']}), activation {artifact.activation}")
+    for precision, info in m["graphs"].items():
+        r = m.get("parity", {}).get("results", {}).get(precision)
+        fid = (f"max|Δ|={r['max_abs_delta']:.3g} spearman={r['spearman']:.6f} top10={r['top10_agreement']:.3f} "
+               f"{'ok' if r['passed'] else 'FAILED'}") if r else "no parity report"
+        print(f"graph        {precision:<5} {info['file']:<18} {info.get('size_bytes', 0) / 1e6:8.1f} MB  {fid}")
+    cpu = cpu_info().summary()
+    print(f"this CPU     {cpu['model']} ({cpu['logical_cores']} logical cores)")
+    print(f"features     {' '.join(cpu['features']) or 'unknown'}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Throughput and latency of one artifact on this machine (the peer comparison is benchmarks/)."""
+    from .hardware import cpu_info
+
+    reranker = _load(args)
+    if args.pairs:
+        from .tokenize import normalize_pairs
+        pairs = normalize_pairs([tuple(json.loads(line)[k] for k in ("query", "document"))
+                                 for line in open(args.pairs, encoding="utf-8") if line.strip()])
+    else:
+        words = ("river bridge history protein treatment patient music island railway algorithm lake novel "
+                 "city century study result").split()
+        rng = np.random.default_rng(0)
+        pairs = [(" ".join(rng.choice(words, 8)), " ".join(rng.choice(words, int(rng.integers(20, 300)))))
+                 for _ in range(args.n)]
+    reranker.predict(pairs[:32])
+    times = []
+    for _ in range(args.passes):
+        t = time.perf_counter()
+        reranker.predict(pairs)
+        times.append(time.perf_counter() - t)
+    query, docs = pairs[0][0], [d for _, d in pairs[:100]]
+    lat = []
+    for _ in range(args.passes * 5):
+        t = time.perf_counter()
+        reranker.rank(query, docs)
+        lat.append(time.perf_counter() - t)
+    result = {"pairs": len(pairs), "pairs_per_s": len(pairs) / float(np.median(times)),
+              "rank_1x100_ms_p50": 1000 * float(np.percentile(lat, 50)),
+              "rank_1x100_ms_p95": 1000 * float(np.percentile(lat, 95)),
+              "precision": reranker.precision, "cpu": cpu_info().summary()}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rerankrt", description="Export and run cross-encoder rerankers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a CrossEncoder (hub id or directory) to a verified artifact")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, fp16, int8 (default fp32,int8)")
+    p.add_argument("--revision")
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--calibration", help="JSONL (query, document) or TSV pairs for the parity gate")
+    p.add_argument("--tolerance", action="append",
+                   help="override a parity tolerance, e.g. int8:min_spearman=0.99,min_top10=0.9")
+    p.add_argument("--allow-parity-failure", action="store_true", help="keep precisions that miss their tolerance")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=_cmd_export)
+
+    def runtime_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("artifact")
+        q.add_argument("--precision", default="auto")
+        q.add_argument("--threads", type=int)
+        q.add_argument("--max-length", type=int)
+
+    p = sub.add_parser("predict", help="score pairs: --query Q --doc D ..., or JSONL {query, document} on stdin")
+    runtime_args(p)
+    p.add_argument("--query")
+    p.add_argument("--doc", action="append")
+    p.add_argument("--activation", help="raw | sigmoid (default: the model's own)")
+    p.add_argument("--progress", action="store_true")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("rank", help="rank documents for one query")
+    runtime_args(p)
+    p.add_argument("--query", required=True)
+    p.add_argument("--doc", action="append", required=True)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--activation")
+    p.set_defaults(func=_cmd_rank)
+
+    p = sub.add_parser("info", help="show an artifact's manifest, parity report and this CPU's features")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("bench", help="throughput and 1x100 rank latency of an artifact on this machine")
+    runtime_args(p)
+    p.add_argument("--pairs", help="JSONL file of {query, document}; default: synthetic pairs")
+    p.add_argument("-n", type=int, default=1000)
+    p.add_argument("--passes", type=int, default=3)
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RerankrtError, ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

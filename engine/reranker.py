@@ -1,0 +1,212 @@
+"""``Reranker``: the one data path, text → token ids → length-sorted batches → backend → scores.
+
+The public names and semantics follow sentence-transformers' ``CrossEncoder`` (``predict``,
+``rank``, ``top_k``, ``return_documents``, ``corpus_id``) so switching is one import. The HTTP
+server, file scoring and the Ray integration are front-ends on this class.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import Artifact, is_artifact_dir, load_artifact
+from .backends import backend_class
+from .batching import BatchPolicy, pad_batch, plan_batches
+from .errors import ArtifactError, BackendUnavailableError, InvalidInputError, InvalidInputTypeError
+from .hub import resolve_model_dir
+from .tokenize import Pair, PairTokenizer, is_single_pair, normalize_pairs
+
+TOKENIZE_CHUNK = 4096  # pairs tokenized ahead while the previous chunk is scored
+CPU_PRECISION_ORDER = ("fp32",)
+GPU_PRECISION_ORDER = ("fp16", "fp32")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def resolve_activation(activation: str | Callable | None, default: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``None`` → the model's own (Ettin: identity/raw logits); ``"raw"``/``"identity"``; ``"sigmoid"``; a callable."""
+    if callable(activation):
+        return activation
+    name = default if activation is None else str(activation).lower()
+    if name in ("raw", "identity", "none"):
+        return lambda x: x
+    if name == "sigmoid":
+        return _sigmoid
+    raise ValueError(f"unknown activation {activation!r}; use 'raw', 'sigmoid' or a callable")
+
+
+def choose_precision(artifact: Artifact, precision: str, device: str) -> str:
+    """``auto`` picks by device from the precisions the artifact holds (see README, 'Precisions')."""
+    if precision != "auto":
+        if precision not in artifact.precisions:
+            raise BackendUnavailableError(
+                f"artifact has no {precision!r} graph (available: {artifact.precisions}); "
+                f"re-export with --precision {precision}")
+        return precision
+    order = GPU_PRECISION_ORDER if device.startswith("cuda") else CPU_PRECISION_ORDER
+    recommended = artifact.manifest.get("recommended", {}).get("cuda" if device.startswith("cuda") else "cpu")
+    for candidate in ([recommended] if recommended else []) + list(order) + artifact.precisions:
+        if candidate in artifact.precisions:
+            return candidate
+    raise ArtifactError("artifact holds no graph")  # unreachable: the manifest lists at least one
+
+
+class Reranker:
+    """Scores (query, document) pairs with an exported artifact. Thread-safe."""
+
+    def __init__(self, artifact: Artifact, backend, tokenizer: PairTokenizer, policy: BatchPolicy) -> None:
+        self.artifact = artifact
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.activation = artifact.activation
+        self.num_labels = artifact.num_labels
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model_name_or_path: str | os.PathLike, precision: str = "auto",
+                        providers: list[str] | None = None, threads: int | None = None,
+                        max_length: int | None = None, backend: str = "auto", device: str = "cpu",
+                        revision: str | None = None, token_budget: int | None = None,
+                        max_batch_size: int = 256, verify: bool = True) -> Reranker:
+        """Load an artifact directory (or a hub repo holding one).
+
+        ``precision``: ``auto`` | ``fp32`` | ``fp16`` | ``int8``. ``max_length`` may only shorten
+        the artifact's own. ``verify`` checks the graph's sha256 (cheap; catches corrupted files).
+        """
+        directory, _ = resolve_model_dir(model_name_or_path, revision)
+        if not is_artifact_dir(directory):
+            raise ArtifactError(
+                f"{directory} is not a rerankrt artifact (no manifest.json). If it is a CrossEncoder, export it "
+                f"first: rerankrt export {model_name_or_path} -o ARTIFACT_DIR", str(directory))
+        artifact = load_artifact(directory)
+        chosen = choose_precision(artifact, precision, device)
+        graph = artifact.graph(chosen, verify=verify)
+        spec = artifact.tokenizer_spec
+        if max_length is not None and not 0 < max_length <= artifact.max_length:
+            raise ValueError(f"max_length must be in 1..{artifact.max_length} for this model, got {max_length}")
+        tokenizer = PairTokenizer(artifact.tokenizer_path, max_length or artifact.max_length, spec["pad_id"],
+                                  spec["cls_id"], spec["sep_id"], artifact.manifest["architecture"].get("vocab_size"))
+        backend_name = "onnxruntime" if backend == "auto" else backend
+        runner = backend_class(backend_name)(graph.path, precision=chosen, device=device, providers=providers,
+                                             threads=threads)
+        default_budget = 2048 if device == "cpu" else 16384
+        return cls(artifact, runner, tokenizer, BatchPolicy(token_budget or default_budget, max_batch_size))
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.max_length
+
+    @property
+    def precision(self) -> str:
+        return self.backend.precision
+
+    # -- the data path -----------------------------------------------------------------------
+    def _score_tokenized(self, token_ids: list[list[int]], policy: BatchPolicy) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(input positions, logits)`` batch by batch, longest first."""
+        lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+        for indices in plan_batches(lengths, policy):
+            batch = pad_batch(token_ids, indices, self.tokenizer.pad_id)
+            yield batch.indices, self.backend.run(batch.input_ids, batch.attention_mask)
+
+    def _logits(self, pairs: list[Pair], policy: BatchPolicy, progress=None) -> np.ndarray:
+        """Raw logits ``[n, num_labels]`` in input order; tokenization of chunk k+1 overlaps scoring of chunk k."""
+        logits = np.empty((len(pairs), self.num_labels), dtype=np.float32)
+        chunks = [(s, pairs[s:s + TOKENIZE_CHUNK]) for s in range(0, len(pairs), TOKENIZE_CHUNK)]
+        if len(chunks) == 1:
+            tokenized: Iterator = iter([self.tokenizer.encode(chunks[0][1])])
+            pool = None
+        else:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankrt-tokenize")
+            tokenized = self._prefetch(pool, [c for _, c in chunks])
+        try:
+            for (start, chunk), token_ids in zip(chunks, tokenized):
+                for positions, out in self._score_tokenized(token_ids, policy):
+                    logits[start + positions] = out
+                    if progress is not None:
+                        progress.update(len(positions))
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        return logits
+
+    def _prefetch(self, pool: ThreadPoolExecutor, chunks: list[list[Pair]]) -> Iterator[list[list[int]]]:
+        pending: Future = pool.submit(self.tokenizer.encode, chunks[0])
+        for nxt in chunks[1:]:
+            current = pending.result()
+            pending = pool.submit(self.tokenizer.encode, nxt)
+            yield current
+        yield pending.result()
+
+    def predict(self, pairs: Sequence[Pair] | Pair, batch_size: int | None = None, show_progress_bar: bool = False,
+                activation_fn: str | Callable | None = None, apply_softmax: bool = False,
+                convert_to_numpy: bool = True) -> np.ndarray | float | list:
+        """Scores for ``pairs`` in input order, like ``CrossEncoder.predict``.
+
+        ``batch_size`` caps the rows per batch (batches are otherwise cut by the token budget);
+        ``activation_fn`` defaults to the model's own (raw logits for Ettin).
+        """
+        single = is_single_pair(pairs)
+        items = normalize_pairs([pairs] if single else pairs)
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        act = resolve_activation(activation_fn, self.activation)
+        policy = self.policy if batch_size is None else BatchPolicy(
+            self.policy.token_budget, min(batch_size, self.policy.max_batch_size), self.policy.attention_budget)
+        progress = None
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+            progress = tqdm(total=len(items), desc="Scoring", unit="pair")
+        try:
+            scores = act(self._logits(items, policy, progress)) if items else np.zeros((0, self.num_labels), np.float32)
+        finally:
+            if progress is not None:
+                progress.close()
+        if apply_softmax and scores.shape[1] > 1:
+            exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+            scores = exp / exp.sum(axis=1, keepdims=True)
+        if self.num_labels == 1:
+            scores = scores[:, 0]
+        scores = np.asarray(scores, dtype=np.float32)
+        if single:
+            return scores[0] if convert_to_numpy else scores[0].tolist()
+        return scores if convert_to_numpy else scores.tolist()
+
+    def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
+             batch_size: int | None = None, show_progress_bar: bool = False,
+             activation_fn: str | Callable | None = None) -> list[dict]:
+        """``[{"corpus_id", "score"[, "text"]}]`` sorted by score, like ``CrossEncoder.rank``."""
+        if not isinstance(query, str):
+            raise InvalidInputTypeError(f"query has type {type(query).__name__}; expected a string")
+        if isinstance(documents, (str, bytes)) or documents is None:
+            raise InvalidInputTypeError("documents must be a list of strings")
+        if self.num_labels != 1:
+            raise InvalidInputError("rank() only works for models with a single output (num_labels=1)")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+            raise ValueError(f"top_k must be a non-negative integer or None, got {top_k!r}")
+        docs = list(documents)
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, str):
+                raise InvalidInputTypeError(
+                    f"document {i} has type {type(doc).__name__}; expected a string", i)
+        scores = self.predict([(query, d) for d in docs], batch_size=batch_size,
+                              show_progress_bar=show_progress_bar, activation_fn=activation_fn)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        results = []
+        for i in order:
+            item = {"corpus_id": int(i), "score": float(scores[i])}
+            if return_documents:
+                item["text"] = docs[i]
+            results.append(item)
+        return results
+
+    def __repr__(self) -> str:
+        return (f"Reranker({Path(self.artifact.directory).name!r}, backend={self.backend.name}, "
+                f"precision={self.precision}, max_length={self.max_length})")

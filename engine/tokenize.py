@@ -1,0 +1,92 @@
+"""Pairs → token ids, identical to what sentence-transformers feeds the model.
+
+Why explicit settings: a saved ``tokenizer.json`` may carry the padding and truncation it was
+saved with (the Ettin files carry ``BatchLongest`` padding and a 512 truncation while the model
+reads 7,999 tokens). We clear padding (the batcher pads per batch) and set ``longest_first``
+truncation to the artifact's ``max_length``, which is what ``CrossEncoder`` does through
+transformers' fast tokenizer; the Rust ``encode_batch`` does the work on all cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactError, InvalidInputError, InvalidInputTypeError
+
+Pair = tuple[str, str]
+
+
+def _check_text(value: object, index: int, side: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise InvalidInputTypeError(f"pair {index}: {side} is None; expected a string", index)
+    raise InvalidInputTypeError(f"pair {index}: {side} has type {type(value).__name__}; expected a string", index)
+
+
+def is_single_pair(inputs: object) -> bool:
+    """``("query", "doc")`` is one pair (as in ``CrossEncoder.predict``), not two one-char pairs."""
+    return isinstance(inputs, (list, tuple)) and len(inputs) == 2 and all(isinstance(x, str) for x in inputs)
+
+
+def normalize_pairs(pairs: object) -> list[Pair]:
+    """Validate and return a list of ``(query, document)`` string tuples; errors name the index."""
+    if isinstance(pairs, (str, bytes)) or pairs is None:
+        raise InvalidInputTypeError(f"pairs must be a sequence of (query, document) pairs, got {type(pairs).__name__}")
+    if isinstance(pairs, np.ndarray):
+        pairs = pairs.tolist()
+    if not isinstance(pairs, Sequence):
+        try:
+            pairs = list(pairs)  # generators, pandas columns, ...
+        except TypeError as exc:
+            raise InvalidInputTypeError(f"pairs must be iterable, got {type(pairs).__name__}") from exc
+    out: list[Pair] = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence, np.ndarray)):
+            raise InvalidInputTypeError(
+                f"pair {i} has type {type(pair).__name__}; expected a (query, document) pair of strings", i)
+        if len(pair) != 2:
+            raise InvalidInputError(f"pair {i} has {len(pair)} elements; expected exactly 2 (query, document)", i)
+        out.append((_check_text(pair[0], i, "query"), _check_text(pair[1], i, "document")))
+    return out
+
+
+class PairTokenizer:
+    """Tokenizes pairs as ``[CLS] q [SEP] d [SEP]`` with ``longest_first`` truncation."""
+
+    def __init__(self, tokenizer_file: Path, max_length: int, pad_id: int, cls_id: int | None = None,
+                 sep_id: int | None = None, model_vocab_size: int | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            tok = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # noqa: BLE001 - the Rust error says little; name the file
+            raise ArtifactError(f"cannot read tokenizer {tokenizer_file}: {exc}", str(tokenizer_file)) from exc
+        specials = tok.post_processor.num_special_tokens_to_add(True) if tok.post_processor else 0
+        if max_length <= specials:
+            raise ValueError(f"max_length {max_length} leaves no room for text next to {specials} special tokens")
+        tok.no_padding()
+        tok.enable_truncation(max_length, stride=0, strategy="longest_first", direction="right")
+        for name, expected in (("[CLS]", cls_id), ("[SEP]", sep_id), ("[PAD]", pad_id)):
+            found = tok.token_to_id(name)
+            if expected is not None and found is not None and found != expected:
+                raise ArtifactError(f"tokenizer {tokenizer_file} maps {name} to {found}, the graph expects {expected}: "
+                                    "tokenizer and model do not belong together", str(tokenizer_file))
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        if model_vocab_size is not None and vocab > model_vocab_size:
+            raise ArtifactError(f"tokenizer {tokenizer_file} has {vocab} tokens but the graph's embedding has "
+                                f"{model_vocab_size} rows: tokenizer and model do not belong together",
+                                str(tokenizer_file))
+        self._tok = tok
+        self._encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        self.max_length = max_length
+        self.pad_id = pad_id
+
+    def encode(self, pairs: list[Pair]) -> list[list[int]]:
+        """Token ids per pair (no padding), truncated to ``max_length``."""
+        if not pairs:
+            return []
+        return [enc.ids for enc in self._encode(pairs, add_special_tokens=True)]

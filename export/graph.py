@@ -1,0 +1,319 @@
+"""Build the scoring graph: ModernBERT backbone + pooling + head as one ONNX model.
+
+Inputs ``input_ids`` and ``attention_mask`` (int64, dynamic batch and sequence), output
+``logits`` (float32, ``[batch, num_labels]``): the raw score before the CrossEncoder's activation.
+
+Why a hand-built graph for ModernBERT (see ``build_modernbert_graph``): a traced export carries
+the tracer's shape bookkeeping, one fused QKV matmul followed by splits, and computes the last
+layer for every token although only the CLS row is read. Here:
+
+* Q, K, V and the two GeGLU halves are separate MatMuls (no Split copies);
+* the attention scale is folded into the Q weights and RoPE at position 0 is the identity;
+* padding and sliding-window masks are built once per batch and shared by all layers;
+* with CLS pooling the last layer runs attention and MLP for the CLS row only (exact);
+* only standard ONNX ops (opset 17), so onnxruntime, OpenVINO and TensorRT all read it.
+
+Any other architecture (classic BERT/MiniLM ``*ForSequenceClassification``) goes through
+``export_with_torch``, a ``torch.onnx.export`` of the PyTorch reference module itself.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+from rerankrt.engine.errors import UnsupportedModelError
+
+from .onnx_builder import FLOAT, INT64, GraphBuilder
+from .source import SourceModel
+
+MASK_VALUE = -30000.0  # large enough to zero a softmax term, small enough for fp16
+
+
+class ModernBertSpec:
+    """The few config values the graph depends on, with the older config spellings accepted."""
+
+    def __init__(self, config: dict) -> None:
+        self.hidden = int(config["hidden_size"])
+        self.layers = int(config["num_hidden_layers"])
+        self.heads = int(config["num_attention_heads"])
+        self.intermediate = int(config["intermediate_size"])
+        self.head_dim = self.hidden // self.heads
+        self.eps = float(config.get("norm_eps", 1e-5))
+        self.vocab = int(config["vocab_size"])
+        self.window_half = int(config.get("local_attention", 128)) // 2
+        act = config.get("hidden_activation", "gelu")
+        if act not in ("gelu", "gelu_python", "gelu_pytorch_tanh", "gelu_new"):
+            raise UnsupportedModelError(f"unsupported ModernBERT hidden_activation {act!r}")
+        self.tanh_gelu = act in ("gelu_pytorch_tanh", "gelu_new")
+        types = config.get("layer_types")
+        if not types:
+            every = int(config.get("global_attn_every_n_layers", 3))
+            types = ["full_attention" if i % every == 0 else "sliding_attention" for i in range(self.layers)]
+        self.layer_types = list(types)
+        rope = config.get("rope_parameters") or {}
+        self.theta = {
+            "full_attention": float((rope.get("full_attention") or {}).get("rope_theta",
+                                    config.get("global_rope_theta", 160000.0))),
+            "sliding_attention": float((rope.get("sliding_attention") or {}).get("rope_theta",
+                                       config.get("local_rope_theta") or config.get("global_rope_theta", 10000.0))),
+        }
+        for kind in ("full_attention", "sliding_attention"):
+            if ((rope.get(kind) or {}).get("rope_type") or "default") != "default":
+                raise UnsupportedModelError(f"unsupported rope_type for {kind}: {rope[kind]['rope_type']!r}")
+        self.max_positions = int(config.get("max_position_embeddings", 8192))
+
+
+class _ModernBertGraph:
+    """Emits the graph; one method per block, in the order the data flows."""
+
+    def __init__(self, src: SourceModel, cls_only_last_layer: bool) -> None:
+        self.src = src
+        self.spec = ModernBertSpec(src.config)
+        self.w = src.load_backbone_weights()
+        self.g = GraphBuilder("rerankrt_modernbert")
+        self.cls_only = cls_only_last_layer and src.pooling == "cls"
+
+    # -- small helpers -------------------------------------------------------------------
+    def tensor(self, name: str) -> np.ndarray:
+        try:
+            return self.w[name]
+        except KeyError as exc:
+            raise UnsupportedModelError(f"weights file lacks tensor {name!r}") from exc
+
+    def layer_norm(self, x: str, prefix: str, eps: float | None = None, hint: str = "ln") -> str:
+        g = self.g
+        scale = g.weight(f"{prefix}.weight", self.tensor(f"{prefix}.weight"))
+        bias_arr = self.w.get(f"{prefix}.bias")
+        if bias_arr is None:
+            bias_arr = np.zeros_like(self.tensor(f"{prefix}.weight"))
+        bias = g.weight(f"{prefix}.bias", bias_arr)
+        return g.op("LayerNormalization", [x, scale, bias], hint, axis=-1,
+                    epsilon=self.spec.eps if eps is None else eps)
+
+    def linear(self, x: str, name: str, weight: np.ndarray, bias: np.ndarray | None = None) -> str:
+        """``x @ weight.T (+ bias)``; the transposed weight is stored so MatMul needs no Transpose."""
+        g = self.g
+        y = g.op("MatMul", [x, g.weight(f"{name}.weight_t", np.ascontiguousarray(weight.T))], "mm")
+        if bias is not None:
+            y = g.op("Add", [y, g.weight(f"{name}.bias", bias.astype(np.float32))], "bias")
+        return y
+
+    def gelu(self, x: str, tanh: bool = False) -> str:
+        g = self.g
+        if tanh:
+            inner = g.op("Mul", [g.op("Add", [x, g.op("Mul", [g.op("Pow", [x, g.const(3.0, np.float32)]),
+                                                             g.const(0.044715, np.float32)])]),
+                                 g.const(math.sqrt(2.0 / math.pi), np.float32)])
+            t = g.op("Tanh", [inner])
+        else:
+            t = g.op("Erf", [g.op("Div", [x, g.const(math.sqrt(2.0), np.float32)])])
+        return g.op("Mul", [g.op("Mul", [x, g.const(0.5, np.float32)]),
+                            g.op("Add", [t, g.const(1.0, np.float32)])], "gelu")
+
+    def activation(self, x: str, name: str) -> str:
+        if name == "identity":
+            return x
+        if name == "gelu":
+            return self.gelu(x)
+        if name == "tanh":
+            return self.g.op("Tanh", [x])
+        if name == "relu":
+            return self.g.op("Relu", [x])
+        if name == "sigmoid":
+            return self.g.op("Sigmoid", [x])
+        if name == "silu":
+            return self.g.op("Mul", [x, self.g.op("Sigmoid", [x])])
+        raise UnsupportedModelError(f"unsupported activation {name!r}")
+
+    # -- blocks ----------------------------------------------------------------------------
+    def embeddings(self, input_ids: str) -> str:
+        table = self.g.weight("embeddings.tok_embeddings.weight", self.tensor("embeddings.tok_embeddings.weight"))
+        x = self.g.op("Gather", [table, input_ids], "embed", axis=0)
+        return self.layer_norm(x, "embeddings.norm")
+
+    def positions(self, input_ids: str) -> tuple[str, str]:
+        """Returns (positions int64 [S], positions float [S])."""
+        g = self.g
+        seq = g.op("Gather", [g.op("Shape", [input_ids]), g.const(1)], "seq_len", axis=0)
+        pos = g.op("Range", [g.const(0), seq, g.const(1)], "positions")
+        return pos, g.op("Cast", [pos], "positions_f", to=FLOAT)
+
+    def rope_tables(self, pos_f: str) -> dict[str, tuple[str, str]]:
+        """cos/sin of shape [S, 1, head_dim/2] per attention kind, computed in fp32 like the reference."""
+        g, spec = self.g, self.spec
+        tables = {}
+        for kind in sorted(set(spec.layer_types)):
+            exponent = np.arange(0, spec.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(spec.head_dim)
+            inv_freq = (1.0 / (np.float32(spec.theta[kind]) ** exponent)).astype(np.float32)
+            freqs = g.op("Mul", [g.op("Unsqueeze", [pos_f, g.const([1])]), g.const(inv_freq, np.float32)], "freqs")
+            freqs = g.op("Unsqueeze", [freqs, g.const([1])])
+            tables[kind] = (g.op("Cos", [freqs], f"cos_{kind}"), g.op("Sin", [freqs], f"sin_{kind}"))
+        return tables
+
+    def attention_biases(self, attention_mask: str, pos: str) -> dict[str, str]:
+        """Additive biases: padding for global layers, padding + |i-j| > window for sliding ones."""
+        g = self.g
+        mask_f = g.op("Cast", [attention_mask], "mask_f", to=FLOAT)
+        pad = g.op("Mul", [g.op("Sub", [mask_f, g.const(1.0, np.float32)]), g.const(-MASK_VALUE, np.float32)])
+        pad = g.op("Unsqueeze", [pad, g.const([1, 2])], "pad_bias")  # [B,1,1,S]
+        dist = g.op("Abs", [g.op("Sub", [g.op("Unsqueeze", [pos, g.const([1])]),
+                                         g.op("Unsqueeze", [pos, g.const([0])])])])
+        far = g.op("Greater", [dist, g.const(self.spec.window_half)])
+        window = g.op("Where", [far, g.const(MASK_VALUE, np.float32), g.const(0.0, np.float32)], "window")  # [S,S]
+        biases = {"full_attention": pad, "sliding_attention": g.op("Add", [pad, window], "local_bias")}
+        if self.cls_only:  # the CLS query row only: [B,1,1,S]
+            row0 = g.op("Slice", [window, g.const([0]), g.const([1]), g.const([0])])
+            biases["full_attention_cls"] = pad
+            biases["sliding_attention_cls"] = g.op("Add", [pad, row0], "local_bias_cls")
+        return biases
+
+    def rope(self, x: str, cos: str, sin: str) -> str:
+        """Rotate-half RoPE on [B,S,heads,head_dim] (same formula as the reference)."""
+        g, half = self.g, self.spec.head_dim // 2
+        x1 = g.op("Slice", [x, g.const([0]), g.const([half]), g.const([3])])
+        x2 = g.op("Slice", [x, g.const([half]), g.const([2 * half]), g.const([3])])
+        first = g.op("Sub", [g.op("Mul", [x1, cos]), g.op("Mul", [x2, sin])])
+        second = g.op("Add", [g.op("Mul", [x2, cos]), g.op("Mul", [x1, sin])])
+        return g.op("Concat", [first, second], "rope", axis=3)
+
+    def attention(self, i: int, q_in: str, kv_in: str, bias: str, rope: tuple[str, str] | None) -> str:
+        """Multi-head attention. ``rope=None`` means the query is the CLS row (position 0: identity)."""
+        g, spec = self.g, self.spec
+        wqkv = self.tensor(f"layers.{i}.attn.Wqkv.weight")
+        bqkv = self.w.get(f"layers.{i}.attn.Wqkv.bias")
+        H = spec.hidden
+        scale = 1.0 / math.sqrt(spec.head_dim)
+        heads_shape = g.const([0, 0, spec.heads, spec.head_dim])
+
+        def proj(part: int, s: float = 1.0) -> str:
+            w = wqkv[part * H:(part + 1) * H] * np.float32(s)
+            b = None if bqkv is None else bqkv[part * H:(part + 1) * H] * np.float32(s)
+            return g.op("Reshape", [self.linear(kv_in if part else q_in, f"layers.{i}.attn.W{'qkv'[part]}", w, b),
+                                    heads_shape])
+
+        q, k, v = proj(0, scale), proj(1), proj(2)
+        cos, sin = rope_all = self.rope_all[spec.layer_types[i]]
+        k = self.rope(k, cos, sin)
+        if rope is not None:
+            q = self.rope(q, *rope_all)
+        q = g.op("Transpose", [q], "q", perm=[0, 2, 1, 3])  # [B,h,Sq,d]
+        k = g.op("Transpose", [k], "k", perm=[0, 2, 3, 1])  # [B,h,d,S]
+        v = g.op("Transpose", [v], "v", perm=[0, 2, 1, 3])  # [B,h,S,d]
+        probs = g.op("Softmax", [g.op("Add", [g.op("MatMul", [q, k], "scores"), bias])], "probs", axis=-1)
+        ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+        ctx = g.op("Reshape", [ctx, g.const([0, 0, H])], "ctx")
+        return self.linear(ctx, f"layers.{i}.attn.Wo", self.tensor(f"layers.{i}.attn.Wo.weight"),
+                           self.w.get(f"layers.{i}.attn.Wo.bias"))
+
+    def mlp(self, i: int, x: str) -> str:
+        spec = self.spec
+        wi = self.tensor(f"layers.{i}.mlp.Wi.weight")
+        bi = self.w.get(f"layers.{i}.mlp.Wi.bias")
+        inter = spec.intermediate
+        a = self.linear(x, f"layers.{i}.mlp.Wi_in", wi[:inter], None if bi is None else bi[:inter])
+        gate = self.linear(x, f"layers.{i}.mlp.Wi_gate", wi[inter:], None if bi is None else bi[inter:])
+        h = self.g.op("Mul", [self.gelu(a, spec.tanh_gelu), gate], "geglu")
+        return self.linear(h, f"layers.{i}.mlp.Wo", self.tensor(f"layers.{i}.mlp.Wo.weight"),
+                           self.w.get(f"layers.{i}.mlp.Wo.bias"))
+
+    def encoder_layer(self, i: int, x: str, biases: dict[str, str], cls_only: bool) -> str:
+        g = self.g
+        kind = self.spec.layer_types[i]
+        normed = x if i == 0 else self.layer_norm(x, f"layers.{i}.attn_norm")
+        if cls_only:
+            row0 = (g.const([0]), g.const([1]), g.const([1]))
+            x = g.op("Slice", [x, *row0], "cls_row")
+            q_in = g.op("Slice", [normed, *row0], "cls_q")
+            attn = self.attention(i, q_in, normed, biases[f"{kind}_cls"], rope=None)
+        else:
+            attn = self.attention(i, normed, normed, biases[kind], rope=self.rope_all[kind])
+        x = g.op("Add", [x, attn], "resid_attn")
+        return g.op("Add", [x, self.mlp(i, self.layer_norm(x, f"layers.{i}.mlp_norm"))], "resid_mlp")
+
+    def pool(self, x: str, attention_mask: str) -> str:
+        g = self.g
+        if self.src.pooling == "cls":
+            if not self.cls_only:
+                x = g.op("Slice", [x, g.const([0]), g.const([1]), g.const([1])])
+            return g.op("Reshape", [x, g.const([0, self.spec.hidden])], "pooled")
+        mask = g.op("Unsqueeze", [g.op("Cast", [attention_mask], to=FLOAT), g.const([2])])
+        summed = g.op("ReduceSum", [g.op("Mul", [x, mask]), g.const([1])], keepdims=0)
+        count = g.op("ReduceSum", [mask, g.const([1])], keepdims=0)
+        return g.op("Div", [summed, g.op("Max", [count, g.const(1e-9, np.float32)])], "pooled")
+
+    def head(self, x: str) -> str:
+        for n, layer in enumerate(self.src.head):
+            name = f"head.{n}"
+            if layer.kind == "dense":
+                y = self.activation(self.linear(x, name, layer.weight, layer.bias), layer.activation)
+                x = self.g.op("Add", [x, y]) if layer.residual else y
+            else:
+                self.w[f"{name}.weight"] = layer.weight
+                if layer.bias is not None:
+                    self.w[f"{name}.bias"] = layer.bias
+                x = self.layer_norm(x, name, eps=layer.eps)
+        return x
+
+    def build(self) -> onnx.ModelProto:
+        g, spec = self.g, self.spec
+        input_ids = g.add_input("input_ids", INT64, ["batch", "sequence"])
+        attention_mask = g.add_input("attention_mask", INT64, ["batch", "sequence"])
+        x = self.embeddings(input_ids)
+        with g.keep_fp32():
+            pos, pos_f = self.positions(input_ids)
+            self.rope_all = self.rope_tables(pos_f)
+            biases = self.attention_biases(attention_mask, pos)
+        for i in range(spec.layers):
+            x = self.encoder_layer(i, x, biases, cls_only=self.cls_only and i == spec.layers - 1)
+        x = self.layer_norm(x, "final_norm")
+        logits = self.head(self.pool(x, attention_mask))
+        g.add_output(logits, "logits", FLOAT, ["batch", self.src.num_labels])
+        return g.build()
+
+
+def build_modernbert_graph(src: SourceModel, cls_only_last_layer: bool = True) -> onnx.ModelProto:
+    """The native fast graph for ModernBERT backbones (Ettin modular and classic ModernBERT)."""
+    if src.model_type != "modernbert":
+        raise UnsupportedModelError(f"native graph builder handles modernbert, not {src.model_type!r}")
+    return _ModernBertGraph(src, cls_only_last_layer).build()
+
+
+def export_with_torch(src: SourceModel, path: Path, opset: int = 17) -> None:
+    """Generic path: ``torch.onnx.export`` of the PyTorch reference (classic BERT-like models)."""
+    import torch
+
+    from .reference import load_reference
+
+    module = load_reference(src).eval()
+    ids = torch.randint(1000, 2000, (2, 16), dtype=torch.int64)
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    with torch.no_grad():
+        torch.onnx.export(module, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], opset_version=opset, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                        "attention_mask": {0: "batch", 1: "sequence"},
+                                        "logits": {0: "batch"}})
+
+
+def build_graph(src: SourceModel, path: Path) -> str:
+    """Write the fp32 graph for ``src`` to ``path``; returns the graph form used."""
+    if src.model_type == "modernbert":
+        model = build_modernbert_graph(src)
+        save_model(model, path)
+        return "native-modernbert"
+    export_with_torch(src, path)
+    return "torch-onnx"
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """Save as one self-contained file (external data only past protobuf's 2 GB limit)."""
+    path = Path(path)
+    if model.ByteSize() < 2_000_000_000:
+        onnx.save_model(model, str(path))
+    else:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data")

@@ -1,0 +1,1 @@
+"""Graph transformations applied after the graph is built, one module per concern."""
