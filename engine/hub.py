@@ -34,7 +34,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = No
         raise ModelDownloadError(f"{name!r} is a file, not a model or artifact directory")
     if not looks_like_hub_id(name):
         raise ModelDownloadError(
-            f"{name!r} is neither an existing directory nor a hub id of the form 'owner/name'")
+            f"no such directory: {name!r} (and it is not a hub id of the form 'owner/name')")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover - huggingface_hub is a core dependency

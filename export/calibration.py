@@ -76,9 +76,13 @@ def load_pairs_file(path: Path) -> list[tuple[str, str]]:
             if path.suffix in (".jsonl", ".json"):
                 try:
                     row = json.loads(line)
-                    pairs.append((str(row["query"]), str(row.get("document", row.get("text")))))
+                    query, document = row["query"], row["document"] if "document" in row else row["text"]
                 except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object with query and document ({exc})") from exc
+                    raise ValueError(f"{path}:{lineno}: expected a JSON object with query and document "
+                                     f"(missing or unreadable: {exc})") from exc
+                if not isinstance(query, str) or not isinstance(document, str):
+                    raise ValueError(f"{path}:{lineno}: query and document must be strings")
+                pairs.append((query, document))
             else:
                 parts = line.rstrip("\n").split("\t")
                 if len(parts) != 2:

@@ -1,0 +1,116 @@
+"""Broken artifacts fail with specific errors that name the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from rerankrt.engine import ArtifactError, BackendUnavailableError, ModelDownloadError, Reranker
+from rerankrt.engine.artifact import SCHEMA_VERSION, load_artifact
+
+
+@pytest.fixture()
+def copy(tiny_artifact, tmp_path):
+    target = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, target)
+    return target
+
+
+def _edit_manifest(path, **changes):
+    m = json.loads((path / "manifest.json").read_text())
+    m.update(changes)
+    (path / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+def test_valid_artifact_lists_its_precisions(tiny_artifact):
+    art = load_artifact(tiny_artifact)
+    assert art.precisions == ["fp32", "fp16", "int8"]
+    assert art.manifest["schema_version"] == SCHEMA_VERSION
+    for precision in art.precisions:
+        assert art.manifest["parity"]["results"][precision]["passed"]
+        assert art.graph(precision).path.is_file()
+
+
+def test_missing_directory_and_manifest(tmp_path, tiny_model):
+    with pytest.raises(ModelDownloadError, match="no such directory"):
+        Reranker.from_pretrained(tmp_path / "nope")
+    with pytest.raises(ArtifactError, match="export it"):
+        Reranker.from_pretrained(tiny_model)  # a source model, not an artifact
+
+
+def test_corrupted_manifest(copy):
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_artifact(copy)
+
+
+def test_manifest_from_a_newer_schema(copy):
+    _edit_manifest(copy, schema_version=SCHEMA_VERSION + 1)
+    with pytest.raises(ArtifactError, match="upgrade rerankrt"):
+        load_artifact(copy)
+
+
+def test_manifest_missing_a_field(copy):
+    m = json.loads((copy / "manifest.json").read_text())
+    del m["tokenizer"]["pad_id"]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="pad_id"):
+        load_artifact(copy)
+
+
+def test_missing_graph_file(copy):
+    (copy / "model.int8.onnx").unlink()
+    with pytest.raises(ArtifactError, match="graph file missing"):
+        Reranker.from_pretrained(copy, precision="int8")
+    Reranker.from_pretrained(copy, precision="fp32")  # the others still load
+
+
+def test_corrupted_graph_file(copy):
+    path = copy / "model.fp32.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte inside the weights
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        Reranker.from_pretrained(copy, precision="fp32")
+    path.write_bytes(bytes(data[: len(data) // 3]))
+    with pytest.raises(ArtifactError, match="truncated"):
+        Reranker.from_pretrained(copy, precision="fp32")
+
+
+def test_garbage_graph_is_refused_by_onnxruntime(copy):
+    path = copy / "model.fp32.onnx"
+    path.write_bytes(b"\x00garbage" * 100)
+    _edit_manifest(copy, graphs={**json.loads((copy / "manifest.json").read_text())["graphs"],
+                                 "fp32": {"file": "model.fp32.onnx"}})
+    with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
+        Reranker.from_pretrained(copy, precision="fp32")
+
+
+def test_missing_or_corrupted_tokenizer(copy):
+    tok = copy / "tokenizer.json"
+    tok.write_text("{}")
+    with pytest.raises(ArtifactError, match="tokenizer"):
+        Reranker.from_pretrained(copy)
+    tok.unlink()
+    with pytest.raises(ArtifactError, match="tokenizer file missing"):
+        Reranker.from_pretrained(copy)
+
+
+def test_tokenizer_that_does_not_fit_the_graph(copy):
+    m = json.loads((copy / "manifest.json").read_text())
+    m["architecture"]["vocab_size"] = 1000
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="do not belong together"):
+        Reranker.from_pretrained(copy)
+    m["architecture"]["vocab_size"] = 50368
+    m["tokenizer"]["cls_id"] = 7
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=r"maps \[CLS\] to 50281"):
+        Reranker.from_pretrained(copy)
+
+
+def test_unknown_precision_request(tiny_artifact):
+    with pytest.raises(BackendUnavailableError, match="no 'bf16' graph"):
+        Reranker.from_pretrained(tiny_artifact, precision="bf16")

@@ -1,0 +1,52 @@
+"""The ``rerankrt`` command end to end (installed entry point)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from rerankrt.engine import Reranker
+
+
+def _cli(*args, stdin=None):
+    exe = shutil.which("rerankrt")
+    cmd = [exe] if exe else [sys.executable, "-m", "rerankrt.engine.cli"]
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, input=stdin, timeout=600)
+
+
+def test_export_info_predict_rank(tmp_path, tiny_model):
+    out = tmp_path / "art"
+    done = _cli("export", tiny_model, "-o", out, "--precision", "fp32,int8", "--max-length", "256",
+                "--tolerance", "int8:min_spearman=0.9,min_top10=0.7,max_rel_delta=0.25")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "parity" in done.stdout and "[5/5]" in done.stdout
+
+    info = _cli("info", out)
+    assert info.returncode == 0 and "int8" in info.stdout and "features" in info.stdout
+    manifest = json.loads(_cli("info", out, "--json").stdout)["manifest"]
+    assert manifest["tokenizer"]["max_length"] == 256
+
+    pairs = [{"query": "river bridge", "document": "The bridge crosses the river."},
+             {"query": "river bridge", "document": ""}]
+    pred = _cli("predict", out, "--precision", "fp32", stdin="\n".join(json.dumps(p) for p in pairs))
+    assert pred.returncode == 0, pred.stderr
+    scores = [json.loads(line)["score"] for line in pred.stdout.splitlines()]
+    expected = Reranker.from_pretrained(out, precision="fp32").predict([(p["query"], p["document"]) for p in pairs])
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+    ranked = _cli("rank", out, "--query", "river bridge", "--doc", "a", "--doc", "the river bridge", "--top-k", "1")
+    assert ranked.returncode == 0 and len(ranked.stdout.splitlines()) == 1
+
+    bench = _cli("bench", out, "-n", "40", "--passes", "1")
+    assert bench.returncode == 0, bench.stderr
+    assert json.loads(bench.stdout)["pairs_per_s"] > 0
+
+
+def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
+    missing = _cli("info", tmp_path / "missing")
+    assert missing.returncode == 2 and missing.stderr.startswith("error:") and "Traceback" not in missing.stderr
+    bad = _cli("predict", tmp_path, stdin="not json\n")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -1,0 +1,139 @@
+"""Export stage: supported layouts, refusal of the rest, the parity gate, and safe writing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from rerankrt.engine import ModelDownloadError, ParityError, UnsupportedModelError
+from rerankrt.export.parity import Tolerance
+from rerankrt.export.pipeline import export
+from rerankrt.export.source import read_source
+
+
+def test_source_reads_the_modular_ettin_layout(tiny_model):
+    src = read_source(str(tiny_model))
+    assert src.layout == "modular" and src.pooling == "cls" and src.activation == "identity"
+    assert [h.kind for h in src.head] == ["dense", "layernorm", "dense"]
+    assert src.head[0].activation == "gelu" and src.head[0].bias is None
+    assert src.max_length == 7999 and src.num_labels == 1
+    assert "model.safetensors" in src.file_hashes
+
+
+def test_manifest_records_what_the_runtime_needs(tiny_artifact):
+    m = json.loads((tiny_artifact / "manifest.json").read_text())
+    assert m["tokenizer"]["max_length"] == 7999
+    assert m["tokenizer"]["truncation"] == "longest_first"
+    assert (m["tokenizer"]["pad_id"], m["tokenizer"]["cls_id"], m["tokenizer"]["sep_id"]) == (50283, 50281, 50282)
+    assert m["activation"] == "identity"
+    assert set(m["graphs"]) == {"fp32", "fp16", "int8"}
+    for precision, report in m["parity"]["results"].items():
+        assert {"max_abs_delta", "spearman", "top10_agreement", "passed"} <= set(report), precision
+    assert m["parity"]["results"]["fp32"]["max_rel_delta"] < 1e-4
+    assert "torch" in m["export"]["versions"] and "features" in m["export"]["cpu"]
+    assert m["source"]["files_sha256"]["model.safetensors"]
+
+
+def test_graph_inputs_outputs_and_dynamic_axes(tiny_artifact):
+    model = onnx.load(str(tiny_artifact / "model.fp32.onnx"))
+    inputs = {i.name: i for i in model.graph.input}
+    assert set(inputs) == {"input_ids", "attention_mask"}
+    for i in inputs.values():
+        assert i.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        dims = [d.dim_param for d in i.type.tensor_type.shape.dim]
+        assert dims == ["batch", "sequence"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert {o.domain for o in model.graph.node} <= {"", "ai.onnx"}  # standard ops only
+
+
+def test_unsupported_module_is_named(tmp_path, tiny_model):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    modules = json.loads((broken / "modules.json").read_text())
+    modules[2]["type"] = "sentence_transformers.models.Normalize"
+    (broken / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(UnsupportedModelError, match="Normalize"):
+        read_source(str(broken))
+
+
+def test_non_crossencoder_directory_is_refused(tmp_path, tiny_model):
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model, plain)
+    (plain / "modules.json").unlink()
+    with pytest.raises(UnsupportedModelError, match="neither a modular CrossEncoder"):
+        read_source(str(plain))
+
+
+def test_missing_tokenizer_in_source(tmp_path, tiny_model):
+    src = tmp_path / "notok"
+    shutil.copytree(tiny_model, src)
+    (src / "tokenizer.json").unlink()
+    with pytest.raises(UnsupportedModelError, match="tokenizer.json"):
+        read_source(str(src))
+
+
+def test_hub_download_failure_is_clear(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelDownloadError, match="cross-encoder/ettin-reranker-17m-v1.*local directory"):
+        export("cross-encoder/ettin-reranker-17m-v1", tmp_path / "out", log=None)
+    with pytest.raises(ModelDownloadError, match="no such directory"):
+        export("no/such/thing/here", tmp_path / "out", log=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_parity_failure_writes_nothing_and_reports(tmp_path, tiny_model):
+    impossible = {"int8": Tolerance(max_rel_delta=1e-9, min_spearman=1.0, min_top10=1.0)}
+    out = tmp_path / "art"
+    with pytest.raises(ParityError, match="int8") as info:
+        export(str(tiny_model), out, precisions=["fp32", "int8"], tolerances=impossible, log=None)
+    assert not info.value.report["int8"]["passed"] and info.value.report["fp32"]["passed"]
+    assert not out.exists()
+    assert not list(tmp_path.glob(".art.staging-*"))  # no staging debris
+    export(str(tiny_model), out, precisions=["fp32", "int8"], tolerances=impossible, allow_parity_failure=True,
+           log=None)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["parity"]["allowed_failures"] and not m["parity"]["results"]["int8"]["passed"]
+
+
+def test_existing_output_is_never_lost(tmp_path, tiny_model):
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(Exception, match="overwrite"):
+        export(str(tiny_model), out, precisions=["fp32"], log=None)
+    assert (out / "precious.txt").read_text() == "keep me"
+    # a failing overwrite leaves the old directory as it was
+    with pytest.raises(ParityError):
+        export(str(tiny_model), out, precisions=["fp32"], overwrite=True, log=None,
+               tolerances={"fp32": Tolerance(max_rel_delta=0.0, min_spearman=1.1, min_top10=1.0)})
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_user_calibration_file(tmp_path, tiny_model):
+    cal = tmp_path / "cal.jsonl"
+    cal.write_text("\n".join(json.dumps({"query": f"q{i % 3}", "document": "river " * (5 + 40 * i)})
+                             for i in range(12)) + "\n")
+    out = export(str(tiny_model), tmp_path / "art", precisions=["fp32"], calibration_file=cal, log=None)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["parity"]["calibration"]["pairs"] == 12 and m["parity"]["calibration"]["groups"] == 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        export(str(tiny_model), tmp_path / "art2", precisions=["fp32"], calibration_file=bad, log=None)
+
+
+def test_mean_pooling_modular_model(tmp_path, local_tokenizer):
+    from rerankrt.engine import Reranker
+    from rerankrt.export.fixtures import make_ettin_fixture
+    from sentence_transformers import CrossEncoder
+
+    model = make_ettin_fixture(tmp_path / "mean", "tiny", tokenizer_file=local_tokenizer, pooling="mean",
+                               initializer_range=0.1, max_length=256)
+    art = export(str(model), tmp_path / "mean-art", precisions=["fp32"], log=None)
+    pairs = [("a query", "river " * n) for n in (1, 10, 100, 400)]
+    ref = CrossEncoder(str(model), device="cpu").predict(pairs)
+    ours = Reranker.from_pretrained(art).predict(pairs)
+    assert np.abs(ref - ours).max() <= 1e-4 * (ref.max() - ref.min())

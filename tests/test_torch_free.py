@@ -1,0 +1,58 @@
+"""The runtime imports and scores with torch, transformers, sentence-transformers, optimum and the
+export package made unimportable (as in a runtime-only install)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+BLOCKER = textwrap.dedent("""
+    import importlib.abc, sys
+    BLOCKED = ("torch", "transformers", "sentence_transformers", "optimum", "rerankrt.export")
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+    sys.meta_path.insert(0, Block())
+""")
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_runtime_scores_without_the_training_stack(tiny_artifact):
+    result = _run(f"""
+        import json, sys
+        from rerankrt.engine import Reranker
+        r = Reranker.from_pretrained({str(tiny_artifact)!r}, precision="int8")
+        scores = r.predict([("a query", "a document"), ("another", "")])
+        ranked = r.rank("a query", ["x", "y", "z"], top_k=2)
+        heavy = [m for m in ("torch", "transformers", "sentence_transformers", "optimum", "rerankrt.export")
+                 if m in sys.modules]
+        print(json.dumps({{"scores": scores.tolist(), "ranked": len(ranked), "heavy": heavy}}))
+    """)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(out["scores"]) == 2 and out["ranked"] == 2 and out["heavy"] == []
+
+
+def test_cli_serving_commands_without_the_training_stack(tiny_artifact):
+    result = _run(f"""
+        import sys
+        from rerankrt.engine.cli import main
+        sys.exit(main(["predict", {str(tiny_artifact)!r}, "--query", "q", "--doc", "d1", "--doc", "d2"]))
+    """)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["document"] for r in rows] == ["d1", "d2"] and all(isinstance(r["score"], float) for r in rows)
+    blocked_export = _run("""
+        import sys
+        from rerankrt.engine.cli import main
+        sys.exit(main(["export", "some/model", "-o", "/tmp/never"]))
+    """)
+    assert blocked_export.returncode == 2 and "[export] extra" in blocked_export.stderr
