@@ -127,7 +127,7 @@ class Reranker:
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankrt-tokenize")
             tokenized = self._prefetch(pool, [c for _, c in chunks])
         try:
-            for (start, chunk), token_ids in zip(chunks, tokenized):
+            for (start, _chunk), token_ids in zip(chunks, tokenized):
                 for positions, out in self._score_tokenized(token_ids, policy):
                     logits[start + positions] = out
                     if progress is not None:

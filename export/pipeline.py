@@ -183,7 +183,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
         parity.enforce(reports, allow_parity_failure)
 
         _say(log, "[5/5] writing the artifact")
-        for precision, info in graphs.items():
+        for info in graphs.values():
             path = staging / info["file"]
             info.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size,
                          "inputs": ["input_ids", "attention_mask"], "output": "logits"})
