@@ -65,13 +65,18 @@ def cpu_info() -> CpuInfo:
 
 
 def physical_cores() -> int:
-    """Physical cores (hyperthreads do not help matmul-bound inference)."""
+    """Physical cores (hyperthreads do not help matmul-bound inference); falls back to logical CPUs."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cores = {line for line in fh if line.startswith("core id")}
-        if cores:
-            sockets = 1
-            return max(1, len(cores) * sockets)
+            text = fh.read()
     except OSError:
-        pass
-    return os.cpu_count() or 1
+        return os.cpu_count() or 1
+    cores, socket = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            socket = value.strip()
+        elif key == "core id":
+            cores.add((socket, value.strip()))
+    return len(cores) or os.cpu_count() or 1

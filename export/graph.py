@@ -83,15 +83,18 @@ class _ModernBertGraph:
         except KeyError as exc:
             raise UnsupportedModelError(f"weights file lacks tensor {name!r}") from exc
 
-    def layer_norm(self, x: str, prefix: str, eps: float | None = None, hint: str = "ln") -> str:
+    def layer_norm(self, x: str, prefix: str, eps: float | None = None, weight: np.ndarray | None = None,
+                   bias: np.ndarray | None = None) -> str:
+        """LayerNormalization with the backbone's ``prefix.weight``/``prefix.bias`` (or the arrays given).
+
+        ModernBERT norms have no bias; a zero bias is written so every backend sees the same op form.
+        """
         g = self.g
-        scale = g.weight(f"{prefix}.weight", self.tensor(f"{prefix}.weight"))
-        bias_arr = self.w.get(f"{prefix}.bias")
-        if bias_arr is None:
-            bias_arr = np.zeros_like(self.tensor(f"{prefix}.weight"))
-        bias = g.weight(f"{prefix}.bias", bias_arr)
-        return g.op("LayerNormalization", [x, scale, bias], hint, axis=-1,
-                    epsilon=self.spec.eps if eps is None else eps)
+        weight = self.tensor(f"{prefix}.weight") if weight is None else weight
+        if bias is None:
+            bias = self.w.get(f"{prefix}.bias", np.zeros_like(weight))
+        return g.op("LayerNormalization", [x, g.weight(f"{prefix}.weight", weight), g.weight(f"{prefix}.bias", bias)],
+                    "ln", axis=-1, epsilon=self.spec.eps if eps is None else eps)
 
     def linear(self, x: str, name: str, weight: np.ndarray, bias: np.ndarray | None = None) -> str:
         """``x @ weight.T (+ bias)``; the transposed weight is stored so MatMul needs no Transpose."""
@@ -251,10 +254,8 @@ class _ModernBertGraph:
                 y = self.activation(self.linear(x, name, layer.weight, layer.bias), layer.activation)
                 x = self.g.op("Add", [x, y]) if layer.residual else y
             else:
-                self.w[f"{name}.weight"] = layer.weight
-                if layer.bias is not None:
-                    self.w[f"{name}.bias"] = layer.bias
-                x = self.layer_norm(x, name, eps=layer.eps)
+                bias = layer.bias if layer.bias is not None else np.zeros_like(layer.weight)
+                x = self.layer_norm(x, name, eps=layer.eps, weight=layer.weight, bias=bias)
         return x
 
     def build(self) -> onnx.ModelProto:

@@ -1,9 +1,14 @@
 """int8 quantization with onnxruntime's quantization tools.
 
-Dynamic int8 (weights int8 per channel, activations quantized per batch at run time): the
+Dynamic int8 (weights int8 per tensor, activations quantized per batch at run time): the
 MatMuls with weight initializers are quantized; activation×activation MatMuls (attention
 scores and context) stay fp32, and so do the layers the parity gate is most sensitive to (the
 first and last encoder layers and the head), as the feasibility study found.
+
+Per-tensor, not per-channel, weight scales: onnxruntime fuses per-tensor dynamic quantization
+into ``DynamicQuantizeMatMul`` (MLAS int8 kernels, VNNI where present); per-channel falls back
+to ``MatMulInteger`` + rescaling, which measured 2.3× *slower* than fp32 on 17m (Zen 5, 2
+threads), while per-tensor ran 1.14× faster with Spearman 0.99998 on the distilled 17m.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def select_nodes(model: onnx.ModelProto, num_layers: int, keep_fp32_layers: tupl
 
 
 def quantize_int8_dynamic(fp32_path: Path, out_path: Path, num_layers: int,
-                          keep_fp32_layers: tuple[int, ...] = (0, -1), per_channel: bool = True) -> dict:
+                          keep_fp32_layers: tuple[int, ...] = (0, -1), per_channel: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(fp32_path))
@@ -47,3 +52,35 @@ def quantize_int8_dynamic(fp32_path: Path, out_path: Path, num_layers: int,
     return {"method": "onnxruntime.quantize_dynamic", "weight_type": "int8", "per_channel": per_channel,
             "quantized_matmuls": len(nodes), "fp32_layers": [k % num_layers for k in keep_fp32_layers] if num_layers else [],
             "head": "fp32"}
+
+
+class _BatchReader:
+    """Feeds calibration batches to onnxruntime's static quantization calibrator."""
+
+    def __init__(self, batches: list[tuple]) -> None:
+        self._iter = iter([{"input_ids": ids, "attention_mask": mask} for ids, mask in batches])
+
+    def get_next(self):
+        return next(self._iter, None)
+
+
+def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batches: list[tuple],
+                         keep_fp32_layers: tuple[int, ...] = (0, -1), per_channel: bool = True) -> dict:
+    """Calibrated static int8 in the Q/DQ format: one file onnxruntime, OpenVINO and TensorRT all read.
+
+    Activation ranges come from the calibration batches (MinMax); weights are int8 per channel
+    (symmetric), activations uint8 (onnxruntime's U8S8 kernels use VNNI where present).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(fp32_path))
+    nodes = select_nodes(model, num_layers, keep_fp32_layers)
+    quantize_static(str(fp32_path), str(out_path), _BatchReader(batches), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                    nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True})
+    return {"method": "onnxruntime.quantize_static (QDQ, MinMax calibration)", "weight_type": "int8",
+            "activation_type": "uint8", "per_channel": per_channel, "quantized_matmuls": len(nodes),
+            "calibration_batches": len(batches),
+            "fp32_layers": [k % num_layers for k in keep_fp32_layers] if num_layers else [], "head": "fp32"}

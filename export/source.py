@@ -8,12 +8,12 @@ keeps sentence-transformers a test-only dependency.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rerankrt.engine.artifact import sha256_file
 from rerankrt.engine.errors import UnsupportedModelError
 from rerankrt.engine.hub import resolve_model_dir
 
@@ -71,14 +71,6 @@ class SourceModel:
             if name.startswith(self.weight_prefix):
                 out[name[len(self.weight_prefix):]] = arr.astype(np.float32)
         return out
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_tensors(path: Path) -> dict[str, np.ndarray]:

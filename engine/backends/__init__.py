@@ -32,6 +32,7 @@ class Backend(Protocol):
 # runtime (openvino, tensorrt) never breaks the others.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "onnxruntime": ("rerankrt.engine.backends.ort", "OrtBackend"),
+    "openvino": ("rerankrt.engine.backends.openvino", "OpenVinoBackend"),
 }
 
 
