@@ -59,8 +59,8 @@ PredictFn = Callable[[list[tuple[str, str]], "int | None"], np.ndarray]
 RankFn = Callable[[str, list[str], "int | None"], list]
 
 
-def say(message: str) -> None:
-    print(f"[bench_cpu] {message}", file=sys.stderr, flush=True)
+def say(message: str, tag: str = "bench_cpu") -> None:
+    print(f"[{tag}] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,25 +129,29 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - started, out
 
 
-def worker_main(args: argparse.Namespace) -> None:
-    """Measure one system; write ``<prefix>.json`` (timings, RSS) and ``<prefix>.npy`` (scores)."""
-    pairs, groups = read_pairs(args.pairs)
-    predict, rank = load_scorer(args.system, args.model_dir, args.artifact)
+def measure_scorer(predict: PredictFn, rank: RankFn, pairs: list[tuple[str, str]], groups: list[int], passes: int,
+                   latency_calls: int, spawn_time: float, batch_sizes: tuple[int, ...] = ()) -> tuple[dict, np.ndarray]:
+    """Cold start, throughput, ``rank`` latency and peak RSS of a loaded scorer; returns ``(result, scores)``.
+
+    ``batch_sizes`` (sentence-transformers): try each and time the passes with the fastest;
+    empty (rerankrt and anything behind its ``Reranker``): batches are cut by the token budget.
+    The first call, one pair, ends the cold start that began at ``spawn_time`` in the parent.
+    """
     predict(pairs[:1], None)
     first_score = time.time()
 
-    if args.system == "st":
+    if batch_sizes:
         # sentence-transformers has a fixed batch size; give it its best one. The first (short)
         # call pays one-off allocations so that no trial is penalised for going first.
-        predict(pairs[:max(ST_BATCH_SIZES)], max(ST_BATCH_SIZES))
-        trials = {bs: timed(partial(predict, pairs, bs))[0] for bs in ST_BATCH_SIZES}
+        predict(pairs[:max(batch_sizes)], max(batch_sizes))
+        trials = {bs: timed(partial(predict, pairs, bs))[0] for bs in batch_sizes}
         batch_size = min(trials, key=trials.get)
     else:
         predict(pairs, None)  # warm-up pass; rerankrt cuts batches by its token budget
         trials, batch_size = {}, None
 
     pass_times, scores = [], None
-    for _ in range(args.passes):
+    for _ in range(passes):
         seconds, scores = timed(partial(predict, pairs, batch_size))
         pass_times.append(seconds)
 
@@ -156,14 +160,12 @@ def worker_main(args: argparse.Namespace) -> None:
         by_query.setdefault(group, (query, []))[1].append(doc)
     queries = list(by_query.values())
     latencies = []
-    for i in range(args.latency_calls):
+    for i in range(latency_calls):
         query, docs = queries[i % len(queries)]
         latencies.append(timed(partial(rank, query, docs, batch_size))[0] * 1e3)
 
-    np.save(args.out_prefix.with_suffix(".npy"), np.asarray(scores, np.float32))
     median_pass = statistics.median(pass_times)
     result = {
-        "system": args.system,
         "n_pairs": len(pairs),
         "batch_size": batch_size,
         "batch_size_trials_s": {str(k): round(v, 4) for k, v in trials.items()},
@@ -171,11 +173,28 @@ def worker_main(args: argparse.Namespace) -> None:
         "pairs_per_s": len(pairs) / median_pass,
         "rank_latency_ms": {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95)),
                             "calls": len(latencies), "docs": len(queries[0][1])},
-        "cold_start_s": first_score - args.spawn_time,
-        "launch_s": SCRIPT_START - args.spawn_time,
+        "cold_start_s": first_score - spawn_time,
+        "launch_s": SCRIPT_START - spawn_time,
         "peak_rss_mib": peak_rss_mib(),
     }
-    args.out_prefix.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result, np.asarray(scores, np.float32)
+
+
+def write_worker_output(out_prefix: Path, result: dict, scores: np.ndarray | None) -> None:
+    """``<prefix>.json`` (timings, RSS) and, when scored, ``<prefix>.npy`` (the scores, input order)."""
+    if scores is not None:
+        np.save(out_prefix.with_suffix(".npy"), np.asarray(scores, np.float32))
+    out_prefix.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    """Measure one system; write ``<prefix>.json`` (timings, RSS) and ``<prefix>.npy`` (scores)."""
+    pairs, groups = read_pairs(args.pairs)
+    predict, rank = load_scorer(args.system, args.model_dir, args.artifact)
+    measured, scores = measure_scorer(predict, rank, pairs, groups, args.passes, args.latency_calls, args.spawn_time,
+                                      batch_sizes=ST_BATCH_SIZES if args.system == "st" else ())
+    result = {"system": args.system, **measured}
+    write_worker_output(args.out_prefix, result, scores)
     say(f"  {args.system}: {result['pairs_per_s']:.1f} pairs/s, rank p50 {result['rank_latency_ms']['p50']:.1f} ms, "
         f"RSS {result['peak_rss_mib']:.0f} MiB, cold start {result['cold_start_s']:.2f} s")
 
@@ -228,8 +247,12 @@ def load_workloads(names: list[str], n_queries: int, n_docs: int, n_abstracts: i
     return [available[name] for name in names]
 
 
-def prepare_model(name: str, work: Path, pairs_limit: int | None) -> Model:
-    """Build the fixture (unless it is the distilled model) and export it, reusing cached copies."""
+def prepare_model(name: str, work: Path, pairs_limit: int | None, precisions: tuple[str, ...] = ("fp32", "int8"),
+                  force_export: bool = False, tag: str = "bench_cpu") -> Model:
+    """Build the fixture (unless it is the distilled model) and export it, reusing cached copies.
+
+    The cached artifact is re-exported when it lacks one of ``precisions`` or ``force_export`` is set.
+    """
     from rerankrt.export.fixtures import make_ettin_fixture
     from rerankrt.export.pipeline import export
 
@@ -239,7 +262,7 @@ def prepare_model(name: str, work: Path, pairs_limit: int | None) -> Model:
     else:
         source = work / "fixtures" / name
         if not (source / "modules.json").is_file():
-            say(f"building the random-weight {name} fixture")
+            say(f"building the random-weight {name} fixture", tag)
             partial = source.with_name(name + ".partial")  # a crash never leaves a half fixture behind
             shutil.rmtree(partial, ignore_errors=True)
             make_ettin_fixture(partial, name, tokenizer_file=TOKENIZER_FILE, max_length=7999)
@@ -248,18 +271,19 @@ def prepare_model(name: str, work: Path, pairs_limit: int | None) -> Model:
             rebuilt = True
     artifact = work / "artifacts" / name
     manifest = artifact / "manifest.json"
-    if rebuilt or not manifest.is_file() or {"fp32", "int8"} - set(json.loads(manifest.read_text())["graphs"]):
-        say(f"exporting {name} (fp32, int8)")
-        export(str(source), artifact, precisions=["fp32", "int8"], allow_parity_failure=True, overwrite=True,
+    if (rebuilt or force_export or not manifest.is_file()
+            or set(precisions) - set(json.loads(manifest.read_text())["graphs"])):
+        say(f"exporting {name} ({', '.join(precisions)})", tag)
+        export(str(source), artifact, precisions=list(precisions), allow_parity_failure=True, overwrite=True,
                log=None)
     limit = pairs_limit if pairs_limit is not None else DEFAULT_PAIRS_LIMIT.get(name, 1000)
     return Model(name, source, artifact, limit)
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("rerankrt", "torch", "onnxruntime", "onnx", "sentence-transformers", "transformers", "tokenizers",
-                "numpy"):
+                "numpy", *extra):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -333,16 +357,25 @@ def estimate_flops(config: dict, lengths: np.ndarray) -> float:
     return float(dense + attention)
 
 
-def run_worker(system: str, model: Model, pairs_file: Path, out_prefix: Path, passes: int,
-               latency_calls: int) -> dict:
-    """Spawn the worker and wait: systems never overlap, so neither steals the other's cores."""
-    command = [sys.executable, str(Path(__file__).resolve()), "worker", "--system", system,
-               "--model-dir", str(model.source_dir), "--artifact", str(model.artifact_dir), "--pairs", str(pairs_file),
-               "--out-prefix", str(out_prefix), "--passes", str(passes), "--latency-calls", str(latency_calls),
+def spawn_worker(script: Path, worker_args: list[str], out_prefix: Path, env: dict[str, str] | None = None) -> dict:
+    """Run ``script worker ARGS --spawn-time NOW`` and wait; returns the ``<out_prefix>.json`` it wrote.
+
+    One worker at a time: systems never overlap, so neither steals the other's cores. The spawn
+    time is taken last, just before the process starts, so cold start includes the interpreter.
+    """
+    out_prefix.with_suffix(".json").unlink(missing_ok=True)
+    command = [sys.executable, str(Path(script).resolve()), "worker", *worker_args, "--out-prefix", str(out_prefix),
                "--spawn-time"]
     command.append(repr(time.time()))
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env=env)
     return json.loads(out_prefix.with_suffix(".json").read_text(encoding="utf-8"))
+
+
+def run_worker(system: str, model: Model, pairs_file: Path, out_prefix: Path, passes: int,
+               latency_calls: int) -> dict:
+    return spawn_worker(Path(__file__), ["--system", system, "--model-dir", str(model.source_dir),
+                                         "--artifact", str(model.artifact_dir), "--pairs", str(pairs_file),
+                                         "--passes", str(passes), "--latency-calls", str(latency_calls)], out_prefix)
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray, groups: list[int]) -> dict:
@@ -408,26 +441,37 @@ def fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def markdown_summary(rows: list[dict], environment: dict, command: str) -> str:
-    """Short, human-readable: the hardware, then one table per workload."""
+def hardware_lines(environment: dict) -> list[str]:
+    """The CPU and the features that decide which precision wins, as markdown bullets."""
     hw, cpu = environment["hardware"], environment["hardware"]["cpu"]
     flags = set(hw["flags"].split())
     yes = {True: "yes", False: "no"}
+    return [
+        f"- CPU: {cpu['model']} — `os.cpu_count()` = {hw['os_cpu_count']}; every system uses {THREADS} threads",
+        f"- AVX2: {yes['avx2' in flags]} · AVX-512: {yes[cpu['avx512']]} · VNNI: {yes[cpu['vnni']]} · "
+        f"BF16: {yes[cpu['bf16']]} · AMX: {yes[bool({'amx_bf16', 'amx_int8'} & flags)]}",
+        f"- features: {' '.join(cpu['features'])}",
+    ]
+
+
+def load_line(environment: dict) -> str:
+    return (f"- 1-minute load average at start: {environment['load_average_1m']:.2f}"
+            + (" — **the machine was busy; timings are unreliable**" if environment["load_average_1m"] > 0.5 else ""))
+
+
+def markdown_summary(rows: list[dict], environment: dict, command: str) -> str:
+    """Short, human-readable: the hardware, then one table per workload."""
     peak = environment["matmul_peak"]
     versions = ", ".join(f"{k} {v}" for k, v in environment["versions"].items())
     lines = [
         f"# CPU benchmark — {environment['date']}", "",
         f"Command: `{command}`", "",
         "## Hardware", "",
-        f"- CPU: {cpu['model']} — `os.cpu_count()` = {hw['os_cpu_count']}; every system uses {THREADS} threads",
-        f"- AVX2: {yes['avx2' in flags]} · AVX-512: {yes[cpu['avx512']]} · VNNI: {yes[cpu['vnni']]} · "
-        f"BF16: {yes[cpu['bf16']]} · AMX: {yes[bool({'amx_bf16', 'amx_int8'} & flags)]}",
-        f"- features: {' '.join(cpu['features'])}",
+        *hardware_lines(environment),
         f"- fp32 matmul peak (onnxruntime, {peak['threads']} threads, "
         f"[{peak['shape_mkn'][0]}×{peak['shape_mkn'][1]}]·[{peak['shape_mkn'][1]}×{peak['shape_mkn'][2]}]): "
         f"{peak['gflops']:.1f} GFLOP/s",
-        f"- 1-minute load average at start: {environment['load_average_1m']:.2f}"
-        + (" — **the machine was busy; timings are unreliable**" if environment["load_average_1m"] > 0.5 else ""),
+        load_line(environment),
         f"- {versions}", "",
     ]
     for workload in dict.fromkeys(r["workload"] for r in rows):

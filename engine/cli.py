@@ -38,7 +38,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     export(args.model, args.output, precisions=[p.strip() for p in args.precision.split(",") if p.strip()],
            revision=args.revision, max_length=args.max_length, calibration_file=args.calibration,
            tolerances=tolerances, allow_parity_failure=args.allow_parity_failure, overwrite=args.overwrite,
-           threads=args.threads)
+           threads=args.threads, int8_method=args.int8_method)
     return 0
 
 
@@ -46,7 +46,7 @@ def _load(args: argparse.Namespace):
     from .reranker import Reranker
 
     return Reranker.from_pretrained(args.artifact, precision=args.precision, threads=args.threads,
-                                    max_length=args.max_length)
+                                    max_length=args.max_length, backend=args.backend)
 
 
 def _read_stdin_pairs() -> list[tuple[str, str]]:
@@ -141,7 +141,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = {"pairs": len(pairs), "pairs_per_s": len(pairs) / float(np.median(times)),
               "rank_1x100_ms_p50": 1000 * float(np.percentile(lat, 50)),
               "rank_1x100_ms_p95": 1000 * float(np.percentile(lat, 95)),
-              "precision": reranker.precision, "cpu": cpu_info().summary()}
+              "precision": reranker.precision, "backend": reranker.backend.name, "cpu": cpu_info().summary()}
     print(json.dumps(result, indent=2))
     return 0
 
@@ -153,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a CrossEncoder (hub id or directory) to a verified artifact")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, fp16, int8 (default fp32,int8)")
+    p.add_argument("--precision", default="fp32,int8",
+                   help="comma list of fp32, fp16, bf16, int8 (default fp32,int8; bf16 needs openvino)")
+    p.add_argument("--int8-method", choices=["static", "dynamic"], default="static",
+                   help="static: calibrated Q/DQ (default); dynamic: onnxruntime quantize_dynamic")
     p.add_argument("--revision")
     p.add_argument("--max-length", type=int)
     p.add_argument("--calibration", help="JSONL (query, document) or TSV pairs for the parity gate")
@@ -166,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("artifact")
-        q.add_argument("--precision", default="auto")
+        q.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | int8 | fp16")
+        q.add_argument("--backend", default="auto", help="auto | onnxruntime | openvino")
         q.add_argument("--threads", type=int)
         q.add_argument("--max-length", type=int)
 

@@ -17,13 +17,12 @@ import numpy as np
 from .artifact import Artifact, is_artifact_dir, load_artifact
 from .backends import backend_class
 from .batching import BatchPolicy, pad_batch, plan_batches
-from .errors import ArtifactError, BackendUnavailableError, InvalidInputError, InvalidInputTypeError
+from .errors import ArtifactError, InvalidInputError, InvalidInputTypeError
 from .hub import resolve_model_dir
+from .selection import choose_backend, choose_precision
 from .tokenize import Pair, PairTokenizer, is_single_pair, normalize_pairs
 
 TOKENIZE_CHUNK = 4096  # pairs tokenized ahead while the previous chunk is scored
-CPU_PRECISION_ORDER = ("fp32",)
-GPU_PRECISION_ORDER = ("fp16", "fp32")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -40,22 +39,6 @@ def resolve_activation(activation: str | Callable | None, default: str) -> Calla
     if name == "sigmoid":
         return _sigmoid
     raise ValueError(f"unknown activation {activation!r}; use 'raw', 'sigmoid' or a callable")
-
-
-def choose_precision(artifact: Artifact, precision: str, device: str) -> str:
-    """``auto`` picks by device from the precisions the artifact holds (see README, 'Precisions')."""
-    if precision != "auto":
-        if precision not in artifact.precisions:
-            raise BackendUnavailableError(
-                f"artifact has no {precision!r} graph (available: {artifact.precisions}); "
-                f"re-export with --precision {precision}")
-        return precision
-    order = GPU_PRECISION_ORDER if device.startswith("cuda") else CPU_PRECISION_ORDER
-    recommended = artifact.manifest.get("recommended", {}).get("cuda" if device.startswith("cuda") else "cpu")
-    for candidate in ([recommended] if recommended else []) + list(order) + artifact.precisions:
-        if candidate in artifact.precisions:
-            return candidate
-    raise ArtifactError("artifact holds no graph")  # unreachable: the manifest lists at least one
 
 
 class Reranker:
@@ -78,7 +61,8 @@ class Reranker:
                         max_batch_size: int = 256, verify: bool = True) -> Reranker:
         """Load an artifact directory (or a hub repo holding one).
 
-        ``precision``: ``auto`` | ``fp32`` | ``fp16`` | ``int8``. ``max_length`` may only shorten
+        ``precision``: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` | ``int8``; ``backend``: ``auto`` |
+        ``onnxruntime`` | ``openvino`` (the rule for ``auto`` is in ``selection.py``). ``max_length`` may only shorten
         the artifact's own. ``verify`` checks the graph's sha256 (cheap; catches corrupted files).
         """
         directory, _ = resolve_model_dir(model_name_or_path, revision)
@@ -94,7 +78,7 @@ class Reranker:
             raise ValueError(f"max_length must be in 1..{artifact.max_length} for this model, got {max_length}")
         tokenizer = PairTokenizer(artifact.tokenizer_path, max_length or artifact.max_length, spec["pad_id"],
                                   spec["cls_id"], spec["sep_id"], artifact.manifest["architecture"].get("vocab_size"))
-        backend_name = "onnxruntime" if backend == "auto" else backend
+        backend_name = choose_backend(chosen, backend, device)
         runner = backend_class(backend_name)(graph.path, precision=chosen, device=device, providers=providers,
                                              threads=threads)
         default_budget = 2048 if device == "cpu" else 16384

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
 from rerankrt.engine.errors import UnsupportedModelError
 
 from .onnx_builder import FLOAT, INT64, GraphBuilder

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
 from rerankrt.engine.artifact import (
     FORMAT_NAME,
     MANIFEST_NAME,
@@ -32,19 +33,21 @@ from rerankrt.engine.artifact import (
     sha256_file,
     validate_manifest,
 )
-from rerankrt.engine.backends.ort import OrtBackend
+from rerankrt.engine.backends import backend_class
 from rerankrt.engine.batching import BatchPolicy, pad_batch, plan_batches
 from rerankrt.engine.errors import ArtifactError
 from rerankrt.engine.hardware import cpu_info
+from rerankrt.engine.selection import CPU_BACKENDS, installed
 from rerankrt.engine.tokenize import PairTokenizer
 
 from . import calibration, parity
 from .graph import build_graph
 from .passes.fp16 import convert_to_fp16
-from .quantize import quantize_int8_dynamic
+from .quantize import quantize_int8_dynamic, quantize_int8_static
 from .source import SourceModel, read_source
 
-EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+EXPORT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+INT8_METHODS = ("static", "dynamic")
 
 
 def _versions() -> dict[str, str]:
@@ -80,8 +83,13 @@ def _score_batches(run, batches, n: int) -> np.ndarray:
     return out
 
 
-def _write_graph(src: SourceModel, precision: str, staging: Path, fp32_path: Path) -> dict:
+def _write_graph(src: SourceModel, precision: str, staging: Path, fp32_path: Path, int8_method: str,
+                 calibration_batches: list) -> dict:
     """Write the graph of one precision next to the fp32 one; returns its manifest details."""
+    if precision == "bf16":
+        # no file of its own: OpenVINO runs the fp32 graph with a bf16 inference-precision hint
+        return {"file": fp32_path.name, "backends": ["openvino"], "inference_precision": "bf16",
+                "intended_for": "CPUs with AVX512_BF16 or AMX"}
     path = staging / graph_file_name(precision)
     if precision == "fp16":
         onnx.save_model(convert_to_fp16(onnx.load(str(fp32_path))), str(path))
@@ -89,11 +97,39 @@ def _write_graph(src: SourceModel, precision: str, staging: Path, fp32_path: Pat
                    "intended_for": "GPU execution providers"}
     elif precision == "int8":
         layers = int(src.config.get("num_hidden_layers", 0)) if src.model_type == "modernbert" else 0
-        details = quantize_int8_dynamic(fp32_path, path, layers)
-        details["intended_for"] = "CPU"
+        if int8_method == "static":
+            details = quantize_int8_static(fp32_path, path, layers, calibration_batches)
+        else:
+            details = quantize_int8_dynamic(fp32_path, path, layers)
+        details["intended_for"] = "CPU (onnxruntime or OpenVINO)"
     else:
         raise ValueError(f"unknown precision {precision!r}")
-    return details
+    return {"file": path.name, **details}
+
+
+def _check_parity(precision: str, path: Path, batches, n: int, reference: np.ndarray, groups: list[int],
+                  tolerance: parity.Tolerance, threads: int | None) -> dict:
+    """Compare one precision on every installed backend that may run it; all must pass."""
+    backends = [b for b in CPU_BACKENDS[precision] if installed(b)]
+    if not backends:
+        raise ValueError(f"cannot verify {precision}: it needs {' or '.join(CPU_BACKENDS[precision])} installed "
+                         f"(pip install 'rerankrt[openvino]')")
+    reports = {}
+    for name in backends:
+        backend = backend_class(name)(path, precision=precision, threads=threads)
+        scores = _score_batches(backend.run, batches, n)
+        reports[name] = parity.compare(reference, scores[:, 0], groups, tolerance)
+    primary = dict(reports[backends[0]])
+    primary["backend"] = backends[0]
+    if len(reports) > 1:
+        primary["by_backend"] = {name: {k: r[k] for k in ("max_abs_delta", "max_rel_delta", "spearman",
+                                                          "top10_agreement", "passed")}
+                                 for name, r in reports.items()}
+        failed = [name for name, r in reports.items() if not r["passed"]]
+        if failed:
+            primary["passed"] = False
+            primary["failures"] = [f"{name}: {'; '.join(reports[name]['failures'])}" for name in failed]
+    return primary
 
 
 def _prepare_output(output_dir: Path, overwrite: bool) -> None:
@@ -117,7 +153,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
            revision: str | None = None, max_length: int | None = None,
            calibration_file: str | Path | None = None,
            tolerances: dict[str, parity.Tolerance] | None = None, allow_parity_failure: bool = False,
-           overwrite: bool = False, threads: int | None = None,
+           overwrite: bool = False, threads: int | None = None, int8_method: str = "static",
            log: Callable[[str], None] | None = print) -> Path:
     """Export ``model`` (hub id or directory) to a verified artifact in ``output_dir``.
 
@@ -129,6 +165,10 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     if unknown:
         raise ValueError(f"unsupported precision(s) {unknown}; choose from {EXPORT_PRECISIONS} "
                          f"(the artifact format also knows {PRECISIONS})")
+    if int8_method not in INT8_METHODS:
+        raise ValueError(f"int8_method must be one of {INT8_METHODS}, got {int8_method!r}")
+    if "bf16" in precisions and not installed("openvino"):
+        raise ValueError("the bf16 precision runs on OpenVINO: pip install 'rerankrt[openvino]' to export it")
     output_dir = Path(output_dir)
     _prepare_output(output_dir, overwrite)
     started = time.perf_counter()
@@ -146,14 +186,8 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
         _say(log, f"[2/5] building the fp32 graph ({src.model_type}, {src.layout} layout, pooling={src.pooling})")
         fp32_path = staging / graph_file_name("fp32")
         graph_form = build_graph(src, fp32_path)
-        graphs = {"fp32": {"file": fp32_path.name, "graph_form": graph_form}}
-        for precision in precisions[1:]:
-            _say(log, f"[3/5] writing the {precision} graph")
-            graphs[precision] = {"file": graph_file_name(precision), "graph_form": graph_form,
-                                 **_write_graph(src, precision, staging, fp32_path)}
-
-        shutil.copyfile(src.directory / "tokenizer.json", staging / TOKENIZER_NAME)
         vocab_size = int(src.config.get("vocab_size", 0))
+        shutil.copyfile(src.directory / "tokenizer.json", staging / TOKENIZER_NAME)
         tok_spec = {
             "file": TOKENIZER_NAME, "sha256": sha256_file(staging / TOKENIZER_NAME), "max_length": src.max_length,
             "truncation": "longest_first", "pad_id": _special_id(src, "pad"), "cls_id": _special_id(src, "cls"),
@@ -161,6 +195,14 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
         }
         tokenizer = PairTokenizer(staging / TOKENIZER_NAME, src.max_length, tok_spec["pad_id"], tok_spec["cls_id"],
                                   tok_spec["sep_id"], vocab_size or None)
+        # int8 ranges are calibrated on other documents than the parity gate checks
+        quant_batches = [(b.input_ids, b.attention_mask)
+                         for b in _calibration_batches(tokenizer, calibration.builtin_pairs(seed=1))]
+        graphs = {"fp32": {"file": fp32_path.name, "graph_form": graph_form}}
+        for precision in precisions[1:]:
+            _say(log, f"[3/5] writing the {precision} graph")
+            graphs[precision] = {"graph_form": graph_form,
+                                 **_write_graph(src, precision, staging, fp32_path, int8_method, quant_batches)}
 
         pairs = (calibration.load_pairs_file(Path(calibration_file)) if calibration_file
                  else calibration.builtin_pairs())
@@ -174,17 +216,15 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
         ordered_ref = np.empty_like(reference)
         ordered_ref[np.concatenate([b.indices for b in batches])] = reference
         tolerances = {**parity.DEFAULT_TOLERANCES, **(tolerances or {})}
-        reports = {}
-        for precision in precisions:
-            backend = OrtBackend(staging / graphs[precision]["file"], precision, threads=threads)
-            scores = _score_batches(backend.run, batches, len(pairs))
-            reports[precision] = parity.compare(ordered_ref[:, 0], scores[:, 0], groups, tolerances[precision])
+        reports = {precision: _check_parity(precision, staging / graphs[precision]["file"], batches, len(pairs),
+                                            ordered_ref[:, 0], groups, tolerances[precision], threads)
+                   for precision in precisions}
         _say(log, parity.format_report(reports))
         parity.enforce(reports, allow_parity_failure)
 
         _say(log, "[5/5] writing the artifact")
         for info in graphs.values():
-            path = staging / info["file"]
+            path = staging / info["file"]  # bf16 shares the fp32 file
             info.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size,
                          "inputs": ["input_ids", "attention_mask"], "output": "logits"})
         manifest = {
@@ -197,7 +237,6 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
             "tokenizer": tok_spec,
             "activation": src.activation,
             "graphs": graphs,
-            "recommended": {"cpu": "fp32"},
             "parity": {
                 "calibration": {"source": str(calibration_file) if calibration_file else "builtin",
                                 "pairs": len(pairs), "groups": len(set(groups)),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from rerankrt.engine.artifact import sha256_file
 from rerankrt.engine.errors import UnsupportedModelError
 from rerankrt.engine.hub import resolve_model_dir

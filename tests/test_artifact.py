@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+
 from rerankrt.engine import ArtifactError, BackendUnavailableError, ModelDownloadError, Reranker
 from rerankrt.engine.artifact import SCHEMA_VERSION, load_artifact
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from rerankrt.engine import BackendUnavailableError
 from rerankrt.engine.backends import Backend, available_backends, backend_class
 from rerankrt.engine.backends import ort as ort_backend

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+
 from rerankrt.engine import Reranker
 
 

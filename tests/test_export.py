@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+
 from rerankrt.engine import ModelDownloadError, ParityError, UnsupportedModelError
 from rerankrt.export.parity import Tolerance
 from rerankrt.export.pipeline import export
@@ -126,9 +127,10 @@ def test_user_calibration_file(tmp_path, tiny_model):
 
 
 def test_mean_pooling_modular_model(tmp_path, local_tokenizer):
+    from sentence_transformers import CrossEncoder
+
     from rerankrt.engine import Reranker
     from rerankrt.export.fixtures import make_ettin_fixture
-    from sentence_transformers import CrossEncoder
 
     model = make_ettin_fixture(tmp_path / "mean", "tiny", tokenizer_file=local_tokenizer, pooling="mean",
                                initializer_range=0.1, max_length=256)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import EDGE_PAIRS, realistic_pairs
+
 from rerankrt.engine import Reranker
 from rerankrt.export.parity import spearman, top_k_agreement
+
+from conftest import EDGE_PAIRS, realistic_pairs
 
 
 def st_scores(model_dir, pairs, max_length=None):

@@ -6,9 +6,11 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import EDGE_PAIRS, realistic_pairs
+
 from rerankrt.engine import InvalidInputError, Reranker
 from rerankrt.engine.batching import BatchPolicy, pad_batch, plan_batches
+
+from conftest import EDGE_PAIRS, realistic_pairs
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,11 @@ import random
 
 import numpy as np
 import pytest
-from conftest import EDGE_PAIRS, SHARED_TOKENIZER, realistic_pairs
+
 from rerankrt.engine.errors import InvalidInputError, InvalidInputTypeError
 from rerankrt.engine.tokenize import PairTokenizer, is_single_pair, normalize_pairs
+
+from conftest import EDGE_PAIRS, SHARED_TOKENIZER, realistic_pairs
 
 
 def _st_ids(model_dir, pairs, max_length):

@@ -41,6 +41,18 @@ def test_runtime_scores_without_the_training_stack(tiny_artifact):
     assert len(out["scores"]) == 2 and out["ranked"] == 2 and out["heavy"] == []
 
 
+def test_runtime_works_without_openvino(tiny_artifact):
+    """openvino is optional: with it unimportable, auto falls back to onnxruntime."""
+    result = subprocess.run([sys.executable, "-c", BLOCKER.replace('"optimum",', '"optimum", "openvino",') + textwrap.dedent(f"""
+        from rerankrt.engine import Reranker
+        r = Reranker.from_pretrained({str(tiny_artifact)!r}, precision="auto")
+        assert r.backend.name == "onnxruntime", r.backend.name
+        print(r.precision, float(r.predict(("q", "d"))))
+    """)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] in ("int8", "fp32")
+
+
 def test_cli_serving_commands_without_the_training_stack(tiny_artifact):
     result = _run(f"""
         import sys
