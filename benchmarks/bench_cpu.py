@@ -100,8 +100,9 @@ def load_scorer(system: str, model_dir: Path, artifact_dir: Path) -> tuple[Predi
 
     from rerankrt.engine import Reranker
 
+    # onnxruntime pinned: this script measures the core runtime; bench_cpu_peers.py covers OpenVINO
     reranker = Reranker.from_pretrained(artifact_dir, precision=system.removeprefix("rerankrt-"), threads=THREADS,
-                                        max_length=MAX_LENGTH)
+                                        max_length=MAX_LENGTH, backend="onnxruntime")
     return (lambda pairs, batch_size: reranker.predict(pairs, batch_size=batch_size),
             lambda query, docs, batch_size: reranker.rank(query, docs, batch_size=batch_size))
 

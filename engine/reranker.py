@@ -58,12 +58,14 @@ class Reranker:
                         providers: list[str] | None = None, threads: int | None = None,
                         max_length: int | None = None, backend: str = "auto", device: str = "cpu",
                         revision: str | None = None, token_budget: int | None = None,
-                        max_batch_size: int = 256, verify: bool = True) -> Reranker:
+                        max_batch_size: int = 256, verify: bool = True,
+                        backend_options: dict | None = None) -> Reranker:
         """Load an artifact directory (or a hub repo holding one).
 
         ``precision``: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` | ``int8``; ``backend``: ``auto`` |
         ``onnxruntime`` | ``openvino`` (the rule for ``auto`` is in ``selection.py``). ``max_length`` may only shorten
-        the artifact's own. ``verify`` checks the graph's sha256 (cheap; catches corrupted files).
+        the artifact's own. ``backend_options`` go to the backend (e.g. OpenVINO's
+        ``performance_hint``). ``verify`` checks the graph's sha256 (cheap; catches corrupted files).
         """
         directory, _ = resolve_model_dir(model_name_or_path, revision)
         if not is_artifact_dir(directory):
@@ -80,7 +82,7 @@ class Reranker:
                                   spec["cls_id"], spec["sep_id"], artifact.manifest["architecture"].get("vocab_size"))
         backend_name = choose_backend(chosen, backend, device)
         runner = backend_class(backend_name)(graph.path, precision=chosen, device=device, providers=providers,
-                                             threads=threads)
+                                             threads=threads, **(backend_options or {}))
         default_budget = 2048 if device == "cpu" else 16384
         return cls(artifact, runner, tokenizer, BatchPolicy(token_budget or default_budget, max_batch_size))
 
@@ -96,7 +98,14 @@ class Reranker:
     def _score_tokenized(self, token_ids: list[list[int]], policy: BatchPolicy) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(input positions, logits)`` batch by batch, longest first."""
         lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
-        for indices in plan_batches(lengths, policy):
+        plan = plan_batches(lengths, policy)
+        run_many = getattr(self.backend, "run_many", None)
+        if run_many is not None and len(plan) > 1:  # backends that overlap batches (OpenVINO streams)
+            batches = [pad_batch(token_ids, indices, self.tokenizer.pad_id) for indices in plan]
+            outputs = run_many([(b.input_ids, b.attention_mask) for b in batches])
+            yield from ((b.indices, out) for b, out in zip(batches, outputs))
+            return
+        for indices in plan:
             batch = pad_batch(token_ids, indices, self.tokenizer.pad_id)
             yield batch.indices, self.backend.run(batch.input_ids, batch.attention_mask)
 

@@ -30,7 +30,12 @@ from rerankrt.engine.errors import UnsupportedModelError
 from .onnx_builder import FLOAT, INT64, GraphBuilder
 from .source import SourceModel
 
-MASK_VALUE = -30000.0  # large enough to zero a softmax term, small enough for fp16
+MASK_VALUE = -30000.0
+# "half": cos/sin tables of head_dim/2 on [B,S,h,d] (fewest flops);
+# "rotate_half": the reference's own form, q·cos + rotate_half(q)·sin on [B,h,S,d] with full tables,
+# which OpenVINO's RoPE fusion recognises: measured 3–5% faster on OpenVINO, equal on onnxruntime
+# (distilled 17m, Zen 5, one run), so it is the default.
+ROPE_FORMS = ("half", "rotate_half")  # large enough to zero a softmax term, small enough for fp16
 
 
 class ModernBertSpec:
@@ -70,7 +75,10 @@ class ModernBertSpec:
 class _ModernBertGraph:
     """Emits the graph; one method per block, in the order the data flows."""
 
-    def __init__(self, src: SourceModel, cls_only_last_layer: bool) -> None:
+    def __init__(self, src: SourceModel, cls_only_last_layer: bool, rope_form: str = "rotate_half") -> None:
+        if rope_form not in ROPE_FORMS:
+            raise ValueError(f"rope_form must be one of {ROPE_FORMS}, got {rope_form!r}")
+        self.rope_form = rope_form
         self.src = src
         self.spec = ModernBertSpec(src.config)
         self.w = src.load_backbone_weights()
@@ -146,14 +154,20 @@ class _ModernBertGraph:
         return pos, g.op("Cast", [pos], "positions_f", to=FLOAT)
 
     def rope_tables(self, pos_f: str) -> dict[str, tuple[str, str]]:
-        """cos/sin of shape [S, 1, head_dim/2] per attention kind, computed in fp32 like the reference."""
+        """cos/sin per attention kind, computed in fp32 like the reference.
+
+        ``half``: [S, 1, head_dim/2]; ``rotate_half``: [1, 1, S, head_dim] (both halves repeated).
+        """
         g, spec = self.g, self.spec
         tables = {}
         for kind in sorted(set(spec.layer_types)):
             exponent = np.arange(0, spec.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(spec.head_dim)
             inv_freq = (1.0 / (np.float32(spec.theta[kind]) ** exponent)).astype(np.float32)
             freqs = g.op("Mul", [g.op("Unsqueeze", [pos_f, g.const([1])]), g.const(inv_freq, np.float32)], "freqs")
-            freqs = g.op("Unsqueeze", [freqs, g.const([1])])
+            if self.rope_form == "half":
+                freqs = g.op("Unsqueeze", [freqs, g.const([1])])
+            else:
+                freqs = g.op("Unsqueeze", [g.op("Concat", [freqs, freqs], axis=-1), g.const([0, 1])])
             tables[kind] = (g.op("Cos", [freqs], f"cos_{kind}"), g.op("Sin", [freqs], f"sin_{kind}"))
         return tables
 
@@ -175,10 +189,13 @@ class _ModernBertGraph:
         return biases
 
     def rope(self, x: str, cos: str, sin: str) -> str:
-        """Rotate-half RoPE on [B,S,heads,head_dim] (same formula as the reference)."""
+        """Rotate-half RoPE (same formula as the reference) in the configured form."""
         g, half = self.g, self.spec.head_dim // 2
         x1 = g.op("Slice", [x, g.const([0]), g.const([half]), g.const([3])])
         x2 = g.op("Slice", [x, g.const([half]), g.const([2 * half]), g.const([3])])
+        if self.rope_form == "rotate_half":  # x·cos + cat(−x2, x1)·sin on [B,h,S,d]
+            rotated = g.op("Concat", [g.op("Neg", [x2]), x1], axis=3)
+            return g.op("Add", [g.op("Mul", [x, cos]), g.op("Mul", [rotated, sin])], "rope")
         first = g.op("Sub", [g.op("Mul", [x1, cos]), g.op("Mul", [x2, sin])])
         second = g.op("Add", [g.op("Mul", [x2, cos]), g.op("Mul", [x1, sin])])
         return g.op("Concat", [first, second], "rope", axis=3)
@@ -199,12 +216,18 @@ class _ModernBertGraph:
                                     heads_shape])
 
         q, k, v = proj(0, scale), proj(1), proj(2)
-        cos, sin = rope_all = self.rope_all[spec.layer_types[i]]
-        k = self.rope(k, cos, sin)
-        if rope is not None:
-            q = self.rope(q, *rope_all)
-        q = g.op("Transpose", [q], "q", perm=[0, 2, 1, 3])  # [B,h,Sq,d]
-        k = g.op("Transpose", [k], "k", perm=[0, 2, 3, 1])  # [B,h,d,S]
+        tables = self.rope_all[spec.layer_types[i]]
+        if self.rope_form == "half":  # rotate on [B,S,h,d], then lay out for the matmuls
+            k = g.op("Transpose", [self.rope(k, *tables)], "k", perm=[0, 2, 3, 1])  # [B,h,d,S]
+            if rope is not None:
+                q = self.rope(q, *tables)
+            q = g.op("Transpose", [q], "q", perm=[0, 2, 1, 3])  # [B,h,Sq,d]
+        else:  # the reference's order: transpose to [B,h,S,d], rotate, then K^T
+            k = g.op("Transpose", [self.rope(g.op("Transpose", [k], perm=[0, 2, 1, 3]), *tables)], "k",
+                     perm=[0, 1, 3, 2])
+            q = g.op("Transpose", [q], "q", perm=[0, 2, 1, 3])
+            if rope is not None:
+                q = self.rope(q, *tables)
         v = g.op("Transpose", [v], "v", perm=[0, 2, 1, 3])  # [B,h,S,d]
         probs = g.op("Softmax", [g.op("Add", [g.op("MatMul", [q, k], "scores"), bias])], "probs", axis=-1)
         ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
@@ -276,11 +299,12 @@ class _ModernBertGraph:
         return g.build()
 
 
-def build_modernbert_graph(src: SourceModel, cls_only_last_layer: bool = True) -> onnx.ModelProto:
+def build_modernbert_graph(src: SourceModel, cls_only_last_layer: bool = True,
+                           rope_form: str = "rotate_half") -> onnx.ModelProto:
     """The native fast graph for ModernBERT backbones (Ettin modular and classic ModernBERT)."""
     if src.model_type != "modernbert":
         raise UnsupportedModelError(f"native graph builder handles modernbert, not {src.model_type!r}")
-    return _ModernBertGraph(src, cls_only_last_layer).build()
+    return _ModernBertGraph(src, cls_only_last_layer, rope_form).build()
 
 
 def export_with_torch(src: SourceModel, path: Path, opset: int = 17) -> None:

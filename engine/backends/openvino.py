@@ -8,7 +8,11 @@ faster than fp32, and compiles Q/DQ int8 graphs natively. Three things matter:
   explicitly and is refused on CPUs without AVX512_BF16/AMX;
 * **compile cache**: ``CACHE_DIR`` keeps the compiled blob on disk so the second start is fast;
 * **infer requests**: one compiled model, an ``InferRequest`` per calling thread (a request is
-  not re-entrant), so concurrent ``predict`` calls are safe.
+  not re-entrant), so concurrent ``predict`` calls are safe; ``run_many`` feeds all batches of a
+  call through an ``AsyncInferQueue`` so that, with the ``THROUGHPUT`` hint, OpenVINO's streams
+  run several batches at once, as OpenVINO intends. Measured on the distilled 17m (Zen 5, 2
+  threads, one run): THROUGHPUT + the async queue 369 pairs/s vs LATENCY 296 in bf16 (+25%), int8
+  320 vs 263 (+22%); hence THROUGHPUT by default (``backend_options={"performance_hint": ...}``).
 
 ``openvino`` is optional (extra ``[openvino]``); this module is imported only when chosen.
 """
@@ -37,7 +41,7 @@ class OpenVinoBackend:
     name = "openvino"
 
     def __init__(self, model_path: Path, precision: str, device: str = "cpu", providers: list[str] | None = None,
-                 threads: int | None = None, performance_hint: str = "LATENCY",
+                 threads: int | None = None, performance_hint: str = "THROUGHPUT",
                  cache_dir: Path | None = None) -> None:
         if device != "cpu":
             raise BackendUnavailableError(f"the openvino backend runs on the CPU only, not {device!r}")
@@ -69,6 +73,28 @@ class OpenVinoBackend:
             raise ArtifactError(f"{model_path} has inputs {sorted(names)}; expected input_ids and attention_mask",
                                 str(model_path))
         self._local = threading.local()
+
+    def _queue(self) -> ov.AsyncInferQueue:
+        queue = getattr(self._local, "queue", None)
+        if queue is None:
+            queue = self._local.queue = ov.AsyncInferQueue(self.compiled)
+        return queue
+
+    def run_many(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Run every batch through the async queue (streams in parallel); results in batch order."""
+        results: dict[int, np.ndarray] = {}
+
+        def done(request: ov.InferRequest, userdata: tuple[int, int]) -> None:
+            index, rows = userdata
+            results[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32).reshape(rows, -1)
+
+        queue = self._queue()
+        queue.set_callback(done)
+        for index, (input_ids, attention_mask) in enumerate(batches):
+            queue.start_async({"input_ids": input_ids, "attention_mask": attention_mask},
+                              userdata=(index, len(input_ids)))
+        queue.wait_all()
+        return [results[i] for i in range(len(batches))]
 
     def _request(self) -> ov.InferRequest:
         request = getattr(self._local, "request", None)
