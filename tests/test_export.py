@@ -139,3 +139,27 @@ def test_mean_pooling_modular_model(tmp_path, local_tokenizer):
     ref = CrossEncoder(str(model), device="cpu").predict(pairs)
     ours = Reranker.from_pretrained(art).predict(pairs)
     assert np.abs(ref - ours).max() <= 1e-4 * (ref.max() - ref.min())
+
+
+def test_both_rope_forms_give_the_same_scores(tmp_path, tiny_model):
+    """The rotate_half form (default, fused by OpenVINO) and the half-table form are the same maths."""
+    import onnxruntime as ort
+
+    from rerankrt.export.graph import ROPE_FORMS, build_modernbert_graph, save_model
+
+    src = read_source(str(tiny_model))
+    rng = np.random.default_rng(0)
+    lengths = [5, 60, 140, 300]
+    ids = np.full((len(lengths), max(lengths)), 50283, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(100, 4000, n)
+        mask[row, :n] = 1
+    outs = []
+    for form in ROPE_FORMS:
+        path = tmp_path / f"{form}.onnx"
+        save_model(build_modernbert_graph(src, rope_form=form), path)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outs.append(session.run(None, {"input_ids": ids, "attention_mask": mask})[0])
+    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-5)
+    assert np.ptp(outs[0]) > 0
