@@ -186,15 +186,9 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
         _say(log, f"[2/5] building the fp32 graph ({src.model_type}, {src.layout} layout, pooling={src.pooling})")
         fp32_path = staging / graph_file_name("fp32")
         graph_form = build_graph(src, fp32_path)
-        vocab_size = int(src.config.get("vocab_size", 0))
-        shutil.copyfile(src.directory / "tokenizer.json", staging / TOKENIZER_NAME)
-        tok_spec = {
-            "file": TOKENIZER_NAME, "sha256": sha256_file(staging / TOKENIZER_NAME), "max_length": src.max_length,
-            "truncation": "longest_first", "pad_id": _special_id(src, "pad"), "cls_id": _special_id(src, "cls"),
-            "sep_id": _special_id(src, "sep"), "vocab_size": vocab_size,
-        }
+        tok_spec = _copy_tokenizer(src, staging)
         tokenizer = PairTokenizer(staging / TOKENIZER_NAME, src.max_length, tok_spec["pad_id"], tok_spec["cls_id"],
-                                  tok_spec["sep_id"], vocab_size or None)
+                                  tok_spec["sep_id"], tok_spec["vocab_size"] or None)
         # int8 ranges are calibrated on other documents than the parity gate checks
         quant_batches = [(b.input_ids, b.attention_mask)
                          for b in _calibration_batches(tokenizer, calibration.builtin_pairs(seed=1))]
@@ -227,26 +221,10 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
             path = staging / info["file"]  # bf16 shares the fp32 file
             info.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size,
                          "inputs": ["input_ids", "attention_mask"], "output": "logits"})
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "format": FORMAT_NAME,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {"id": src.source_id, "revision": src.revision, "layout": src.layout,
-                       "files_sha256": src.file_hashes},
-            "architecture": _architecture(src),
-            "tokenizer": tok_spec,
-            "activation": src.activation,
-            "graphs": graphs,
-            "parity": {
-                "calibration": {"source": str(calibration_file) if calibration_file else "builtin",
-                                "pairs": len(pairs), "groups": len(set(groups)),
-                                "reference": "PyTorch fp32 (transformers eager attention + head)"},
-                "results": reports,
-                "allowed_failures": allow_parity_failure,
-            },
-            "export": {"versions": _versions(), "cpu": cpu_info().summary(),
-                       "seconds": round(time.perf_counter() - started, 2)},
-        }
+        manifest = _manifest(src, tok_spec, graphs, reports, {
+            "source": str(calibration_file) if calibration_file else "builtin", "pairs": len(pairs),
+            "groups": len(set(groups)), "reference": "PyTorch fp32 (transformers eager attention + head)"},
+            allow_parity_failure, time.perf_counter() - started)
         validate_manifest(manifest, staging / MANIFEST_NAME)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _commit(staging, output_dir)
@@ -285,4 +263,32 @@ def _architecture(src: SourceModel) -> dict:
         "pooling": src.pooling,
         "head": [{"kind": h.kind, "shape": list(h.weight.shape), "activation": h.activation} for h in src.head],
         "num_labels": src.num_labels,
+    }
+
+
+def _copy_tokenizer(src: SourceModel, staging: Path) -> dict:
+    """Copy ``tokenizer.json`` into the artifact; returns the manifest's tokenizer spec."""
+    shutil.copyfile(src.directory / "tokenizer.json", staging / TOKENIZER_NAME)
+    return {
+        "file": TOKENIZER_NAME, "sha256": sha256_file(staging / TOKENIZER_NAME), "max_length": src.max_length,
+        "truncation": "longest_first", "pad_id": _special_id(src, "pad"), "cls_id": _special_id(src, "cls"),
+        "sep_id": _special_id(src, "sep"), "vocab_size": int(src.config.get("vocab_size", 0)),
+    }
+
+
+def _manifest(src: SourceModel, tok_spec: dict, graphs: dict, reports: dict, calibration_info: dict,
+              allowed_failures: bool, seconds: float) -> dict:
+    """Everything the runtime needs, and everything a person needs to trust it (see engine/artifact.py)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "format": FORMAT_NAME,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"id": src.source_id, "revision": src.revision, "layout": src.layout,
+                   "files_sha256": src.file_hashes},
+        "architecture": _architecture(src),
+        "tokenizer": tok_spec,
+        "activation": src.activation,
+        "graphs": graphs,
+        "parity": {"calibration": calibration_info, "results": reports, "allowed_failures": allowed_failures},
+        "export": {"versions": _versions(), "cpu": cpu_info().summary(), "seconds": round(seconds, 2)},
     }
