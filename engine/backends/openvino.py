@@ -42,7 +42,7 @@ class OpenVinoBackend:
 
     def __init__(self, model_path: Path, precision: str, device: str = "cpu", providers: list[str] | None = None,
                  threads: int | None = None, performance_hint: str = "THROUGHPUT",
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, runtime_cache_capacity: int | None = None) -> None:
         if device != "cpu":
             raise BackendUnavailableError(f"the openvino backend runs on the CPU only, not {device!r}")
         if precision == "bf16" and not cpu_info().has_bf16:
@@ -63,6 +63,8 @@ class OpenVinoBackend:
             "PERFORMANCE_HINT": performance_hint,
             "INFERENCE_NUM_THREADS": int(threads or physical_cores()),
         }
+        if runtime_cache_capacity is not None:  # kernels kept per input shape (dynamic shapes)
+            config["CPU_RUNTIME_CACHE_CAPACITY"] = int(runtime_cache_capacity)
         try:
             self.compiled = core.compile_model(str(model_path), "CPU", config)
         except Exception as exc:  # noqa: BLE001 - name the file
