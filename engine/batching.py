@@ -37,10 +37,6 @@ class Batch:
     input_ids: np.ndarray
     attention_mask: np.ndarray
 
-    @property
-    def padded_tokens(self) -> int:
-        return int(self.input_ids.size)
-
 
 def plan_batches(lengths: np.ndarray, policy: BatchPolicy) -> list[np.ndarray]:
     """Index arrays of batches, longest rows first, each within the policy's limits."""

@@ -37,14 +37,10 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 
 
 def available_backends() -> list[str]:
-    names = []
-    for name, (module, _) in _REGISTRY.items():
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
-        names.append(name)
-    return names
+    """Backends whose runtime package is installed (found, not imported: openvino is slow to import)."""
+    from ..selection import installed
+
+    return [name for name in _REGISTRY if installed(name)]
 
 
 def backend_class(name: str):
