@@ -7,6 +7,7 @@ server, file scoring and the Ray integration are front-ends on this class.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -84,7 +85,9 @@ class Reranker:
         runner = backend_class(backend_name)(graph.path, precision=chosen, device=device, providers=providers,
                                              threads=threads, **(backend_options or {}))
         default_budget = 2048 if device == "cpu" else 16384
-        return cls(artifact, runner, tokenizer, BatchPolicy(token_budget or default_budget, max_batch_size))
+        policy = BatchPolicy(token_budget or default_budget, max_batch_size,
+                             pad_to_multiple_of=int(getattr(runner, "pad_multiple", 1)))
+        return cls(artifact, runner, tokenizer, policy)
 
     @property
     def max_length(self) -> int:
@@ -101,12 +104,13 @@ class Reranker:
         plan = plan_batches(lengths, policy)
         run_many = getattr(self.backend, "run_many", None)
         if run_many is not None and len(plan) > 1:  # backends that overlap batches (OpenVINO streams)
-            batches = [pad_batch(token_ids, indices, self.tokenizer.pad_id) for indices in plan]
+            batches = [pad_batch(token_ids, indices, self.tokenizer.pad_id, policy.pad_to_multiple_of)
+                       for indices in plan]
             outputs = run_many([(b.input_ids, b.attention_mask) for b in batches])
             yield from ((b.indices, out) for b, out in zip(batches, outputs))
             return
         for indices in plan:
-            batch = pad_batch(token_ids, indices, self.tokenizer.pad_id)
+            batch = pad_batch(token_ids, indices, self.tokenizer.pad_id, policy.pad_to_multiple_of)
             yield batch.indices, self.backend.run(batch.input_ids, batch.attention_mask)
 
     def _logits(self, pairs: list[Pair], policy: BatchPolicy, progress=None) -> np.ndarray:
@@ -151,8 +155,8 @@ class Reranker:
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         act = resolve_activation(activation_fn, self.activation)
-        policy = self.policy if batch_size is None else BatchPolicy(
-            self.policy.token_budget, min(batch_size, self.policy.max_batch_size), self.policy.attention_budget)
+        policy = self.policy if batch_size is None else dataclasses.replace(
+            self.policy, max_batch_size=min(batch_size, self.policy.max_batch_size))
         progress = None
         if show_progress_bar:
             from tqdm.auto import tqdm

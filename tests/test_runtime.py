@@ -21,8 +21,9 @@ def reranker(tiny_artifact):
 def test_scores_come_back_in_input_order_whatever_the_batching(reranker):
     pairs = realistic_pairs(5, 20) + EDGE_PAIRS
     one_by_one = np.array([reranker.predict(p) for p in pairs])
-    for budget, cap in ((64, 256), (1024, 4), (100000, 256)):
-        r = Reranker(reranker.artifact, reranker.backend, reranker.tokenizer, BatchPolicy(budget, cap))
+    for budget, cap, multiple in ((64, 256, 1), (1024, 4, 1), (100000, 256, 1), (2048, 256, 16), (512, 8, 64)):
+        policy = BatchPolicy(budget, cap, pad_to_multiple_of=multiple)
+        r = Reranker(reranker.artifact, reranker.backend, reranker.tokenizer, policy)
         np.testing.assert_allclose(r.predict(pairs), one_by_one, rtol=0, atol=1e-5)
     perm = np.random.default_rng(0).permutation(len(pairs))
     np.testing.assert_allclose(reranker.predict([pairs[i] for i in perm]), one_by_one[perm], atol=1e-5)
@@ -150,3 +151,6 @@ def test_pad_batch_pads_to_its_own_longest_row():
     assert batch.input_ids.tolist() == [[5, 6], [4, 9]]
     assert batch.attention_mask.tolist() == [[1, 1], [1, 0]]
     assert batch.indices.tolist() == [2, 1]
+    rounded = pad_batch(ids, np.array([0, 1]), pad_id=9, multiple=4)
+    assert rounded.input_ids.tolist() == [[1, 2, 3, 9], [4, 9, 9, 9]]
+    assert rounded.attention_mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]

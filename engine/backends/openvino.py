@@ -10,9 +10,16 @@ faster than fp32, and compiles Q/DQ int8 graphs natively. Three things matter:
 * **infer requests**: one compiled model, an ``InferRequest`` per calling thread (a request is
   not re-entrant), so concurrent ``predict`` calls are safe; ``run_many`` feeds all batches of a
   call through an ``AsyncInferQueue`` so that, with the ``THROUGHPUT`` hint, OpenVINO's streams
-  run several batches at once, as OpenVINO intends. Measured on the distilled 17m (Zen 5, 2
-  threads, one run): THROUGHPUT + the async queue 369 pairs/s vs LATENCY 296 in bf16 (+25%), int8
-  320 vs 263 (+22%); hence THROUGHPUT by default (``backend_options={"performance_hint": ...}``).
+  run several batches at once;
+* **hint**: ``LATENCY`` by default. With rerankrt's graph (fused RoPE, CLS-only last layer) the
+  ``THROUGHPUT`` hint no longer pays: on the distilled 17m (Zen 5, 2 threads, 300 negconstraint
+  pairs, 3 runs each) bf16 409–415 vs 399–413 pairs/s, fp32 241–242 vs 242, but peak RSS
+  337–348 vs 287 MiB (bf16) and 436–442 vs 286 MiB (fp32). ``backend_options={"performance_hint":
+  "THROUGHPUT"}`` brings the streams back;
+* **shape buckets for int8**: OpenVINO compiles and caches kernels per input shape, and its int8
+  kernels are large: with every batch width distinct, the int8 17m grew to 623 MiB and 303
+  pairs/s; widths rounded to a multiple of 16 gave 413 MiB and 338 pairs/s (fp32/bf16: no gain,
+  so no rounding). Hence :attr:`pad_multiple`, which the batcher honours.
 
 ``openvino`` is optional (extra ``[openvino]``); this module is imported only when chosen.
 """
@@ -30,6 +37,7 @@ from ..errors import ArtifactError, BackendUnavailableError
 from ..hardware import cpu_info, physical_cores
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "fp16": "f32"}
+_PAD_MULTIPLE = {"int8": 16}  # batch widths rounded up to this (see the module docstring)
 
 
 def default_cache_dir() -> Path:
@@ -41,7 +49,7 @@ class OpenVinoBackend:
     name = "openvino"
 
     def __init__(self, model_path: Path, precision: str, device: str = "cpu", providers: list[str] | None = None,
-                 threads: int | None = None, performance_hint: str = "THROUGHPUT",
+                 threads: int | None = None, performance_hint: str = "LATENCY",
                  cache_dir: Path | None = None, runtime_cache_capacity: int | None = None) -> None:
         if device != "cpu":
             raise BackendUnavailableError(f"the openvino backend runs on the CPU only, not {device!r}")
@@ -51,6 +59,7 @@ class OpenVinoBackend:
                 f"({cpu_info().model}): use fp32 or int8")
         self.precision = precision
         self.device = device
+        self.pad_multiple = _PAD_MULTIPLE.get(precision, 1)
         core = ov.Core()
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         try:
