@@ -1,4 +1,4 @@
-"""The ``rerankrt`` command: export, predict, rank, info, bench.
+"""The ``rerankrt`` command: export, predict, rank, info, bench, serve.
 
 The export subcommand imports ``rerankrt.export`` only when called, so the serving commands
 work in a runtime-only install (no torch).
@@ -146,6 +146,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server.config import ServerConfig
+        from .server.main import serve
+    except ImportError as exc:
+        raise RerankrtError(f"serving needs the [serve] extra (pip install 'rerankrt[serve]'): {exc}") from exc
+    config = ServerConfig(
+        max_documents=args.max_documents, max_document_bytes=args.max_document_bytes,
+        max_body_bytes=args.max_body_bytes, max_queued_pairs=args.max_queued_pairs, max_wait_ms=args.max_wait_ms,
+        request_timeout_s=args.request_timeout, auto_truncate=not args.no_auto_truncate,
+        api_key=args.api_key or ServerConfig.api_key_from_env())
+    serve(args.artifacts, host=args.host, port=args.port, config=config, log_level=args.log_level,
+          precision=args.precision, backend=args.backend, threads=args.threads, max_length=args.max_length,
+          token_budget=args.token_budget)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerankrt", description="Export and run cross-encoder rerankers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +218,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1000)
     p.add_argument("--passes", type=int, default=3)
     p.set_defaults(func=_cmd_bench)
+
+    from .server.config import API_KEY_ENV, ServerConfig
+
+    d = ServerConfig()
+    p = sub.add_parser("serve", help="HTTP server: POST /v1/rerank (Cohere/Jina), POST /rerank (TEI), "
+                       "GET /health /info /metrics")
+    p.add_argument("artifacts", nargs="+", metavar="[NAME=]ARTIFACT",
+                   help="one or more artifacts (directory or hub id); the first is the default model")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--token-budget", type=int, help="padded tokens per inference batch (default 2048 on CPU)")
+    p.add_argument("--max-documents", type=int, default=d.max_documents)
+    p.add_argument("--max-document-bytes", type=int, default=d.max_document_bytes)
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--max-queued-pairs", type=int, default=d.max_queued_pairs,
+                   help="pairs waiting per model before requests get 429")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s)
+    p.add_argument("--no-auto-truncate", action="store_true",
+                   help="TEI /rerank without 'truncate': refuse over-long pairs (413) instead of truncating")
+    p.add_argument("--api-key", help=f"require this key (Authorization: Bearer KEY); default ${API_KEY_ENV}")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

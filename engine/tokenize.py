@@ -90,3 +90,11 @@ class PairTokenizer:
         if not pairs:
             return []
         return [enc.ids for enc in self._encode(pairs, add_special_tokens=True)]
+
+    def encode_with_truncation(self, pairs: list[Pair]) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids and, per pair, whether truncation cut it (for limits, usage and summaries)."""
+        if not pairs:
+            return [], np.zeros(0, dtype=bool)
+        encodings = self._encode(pairs, add_special_tokens=True)
+        truncated = np.fromiter((len(enc.overflowing) > 0 for enc in encodings), dtype=bool, count=len(encodings))
+        return [enc.ids for enc in encodings], truncated
