@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
 LEVELS = (1, 4, 16, 64)
 DOCS_PER_REQUEST = 100
+SMALL_DOCS, SMALL_REQUESTS = 10, 160  # the extra small-request level (1 query × 10 documents, c=16)
 OVERLOAD_FACTOR = 4
 OVERLOAD_QUEUE_PAIRS = 1000  # the overload server's queue: 10 requests' worth
 
@@ -54,11 +55,11 @@ def requests_for_level(concurrency: int) -> int:
     return max(12, 2 * concurrency)
 
 
-def build_requests(n: int, seed: int = 0) -> list[dict]:
+def build_requests(n: int, seed: int = 0, docs: int = DOCS_PER_REQUEST) -> list[dict]:
     rng = random.Random(seed)
     queries = bc.read_texts(bc.NEGCONSTRAINT_DIR / "queries.jsonl")
     corpus = bc.read_texts(bc.NEGCONSTRAINT_DIR / "corpus.jsonl")
-    return [{"query": rng.choice(queries), "documents": rng.sample(corpus, DOCS_PER_REQUEST)} for _ in range(n)]
+    return [{"query": rng.choice(queries), "documents": rng.sample(corpus, docs)} for _ in range(n)]
 
 
 def free_port() -> int:
@@ -93,10 +94,13 @@ def offline_main(args: argparse.Namespace) -> None:
 
 
 # -- servers -------------------------------------------------------------------------------------
+SERVE_ARGS: list[str] = []  # extra `rerankrt serve` options (--serve-args)
+
+
 def start_server(system: str, artifact: Path, model_dir: Path, port: int, queue_pairs: int | None = None):
     if system == "rerankrt":
         cmd = [sys.executable, "-m", "rerankrt.engine.cli", "serve", str(artifact), "--port", str(port),
-               "--threads", str(bc.THREADS), "--max-length", str(bc.MAX_LENGTH), "--log-level", "warning"]
+               "--threads", str(bc.THREADS), "--max-length", str(bc.MAX_LENGTH), "--log-level", "warning", *SERVE_ARGS]
         if queue_pairs:
             cmd += ["--max-queued-pairs", str(queue_pairs), "--max-documents", str(min(queue_pairs, 10_000))]
     else:
@@ -144,14 +148,16 @@ async def closed_loop(url: str, requests: list[dict], concurrency: int) -> dict:
     import httpx
 
     todo = iter(requests)
-    latencies, statuses = [], []
+    latencies, statuses, pairs = [], [], 0
 
     async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal pairs
         for body in todo:
             started = time.perf_counter()
             response = await client.post(url, json=body)
             latencies.append(time.perf_counter() - started)
             statuses.append(response.status_code)
+            pairs += len(body["documents"]) if response.status_code == 200 else 0
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
@@ -159,9 +165,9 @@ async def closed_loop(url: str, requests: list[dict], concurrency: int) -> dict:
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     ok = [lat for lat, s in zip(latencies, statuses) if s == 200]
-    return {"concurrency": concurrency, "requests": len(requests), "ok": len(ok),
-            "errors": {str(s): statuses.count(s) for s in set(statuses) if s != 200},
-            "seconds": elapsed, "pairs_per_s": DOCS_PER_REQUEST * len(ok) / elapsed, **percentiles(ok)}
+    return {"concurrency": concurrency, "requests": len(requests), "docs_per_request": len(requests[0]["documents"]),
+            "ok": len(ok), "errors": {str(s): statuses.count(s) for s in set(statuses) if s != 200},
+            "seconds": elapsed, "pairs_per_s": pairs / elapsed, **percentiles(ok)}
 
 
 async def open_loop(url: str, requests: list[dict], rate: float) -> dict:
@@ -215,6 +221,12 @@ def measure_system(system: str, artifact: Path, model_dir: Path, levels: list[in
             say(f"  {system} c={level}: {row['pairs_per_s']:.1f} pairs/s, p50 {row['p50_ms']:.0f} ms, "
                 f"p99 {row['p99_ms']:.0f} ms, errors {row['errors']}")
             rows.append(row)
+        if system in ("rerankrt", "naive"):  # where cross-request batching matters: many small requests
+            small = build_requests(SMALL_REQUESTS, seed=2, docs=SMALL_DOCS)
+            row = asyncio.run(closed_loop(url, small, 16))
+            say(f"  {system} c=16 × {SMALL_DOCS} docs: {row['pairs_per_s']:.1f} pairs/s, p50 {row['p50_ms']:.0f} ms, "
+                f"p99 {row['p99_ms']:.0f} ms, errors {row['errors']}")
+            rows.append(row)
         return {"system": system, "levels": rows, "server_peak_rss_mib": server_peak_rss_mib(proc.pid)}
     finally:
         stop_server(proc)
@@ -237,7 +249,8 @@ def measure_overload(artifact: Path, model_dir: Path, capacity_req_s: float, req
 
 # -- report --------------------------------------------------------------------------------------
 def targets(report: dict) -> list[dict]:
-    by = {s["system"]: {row["concurrency"]: row for row in s["levels"]} for s in report["systems"]}
+    by = {s["system"]: {row["concurrency"]: row for row in s["levels"] if row["docs_per_request"] == DOCS_PER_REQUEST}
+          for s in report["systems"]}
     offline = report["offline"]
     out = []
     if 16 in by.get("rerankrt", {}):
@@ -285,12 +298,13 @@ def markdown(report: dict, command: str) -> str:
              "endpoint, one request at a time; `st`: sentence-transformers CrossEncoder in a plain `def` FastAPI "
              "endpoint", "",
              "## Closed loop", "",
-             "| system | concurrency | requests | pairs/s | p50 | p95 | p99 | errors | server peak RSS |",
+             "| system | concurrency | requests × docs | pairs/s | p50 | p95 | p99 | errors | server peak RSS |",
              "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for s in report["systems"]:
         for row in s["levels"]:
             rss = s.get("server_peak_rss_mib")
-            lines.append(f"| {s['system']} | {row['concurrency']} | {row['requests']} | {row['pairs_per_s']:.1f} | "
+            lines.append(f"| {s['system']} | {row['concurrency']} | {row['requests']} × {row['docs_per_request']} | "
+                         f"{row['pairs_per_s']:.1f} | "
                          f"{fmt_ms(row['p50_ms'])} | {fmt_ms(row['p95_ms'])} | {fmt_ms(row['p99_ms'])} | "
                          f"{row['errors'] or '—'} | {'—' if rss is None else f'{rss:.0f} MiB'} |")
     if report.get("overload"):
@@ -328,20 +342,20 @@ def driver_main(args: argparse.Namespace) -> None:
 
     say("offline reference")
     result_file = run_dir / "offline.json"
-    subprocess.run([sys.executable, __file__, "--offline", "--artifact", str(model.artifact), "--requests",
+    subprocess.run([sys.executable, __file__, "--offline", "--artifact", str(model.artifact_dir), "--requests",
                     str(requests_file), "--result", str(result_file)], check=True)
     offline = json.loads(result_file.read_text())
     say(f"  offline predict {offline['pairs_per_s']:.1f} pairs/s, rank p50 {offline['rank_p50_ms']:.0f} ms")
 
     systems = []
     for system in args.systems.split(","):
-        systems.append(measure_system(system, model.artifact, model.source, levels, requests))
+        systems.append(measure_system(system, model.artifact_dir, model.source_dir, levels, requests))
     report = {"stamp": stamp, "environment": environment, "offline": offline, "systems": systems}
     ours = next((s for s in systems if s["system"] == "rerankrt"), None)
     if ours and not args.no_overload:
-        best = max(row["pairs_per_s"] for row in ours["levels"])
+        best = max(row["pairs_per_s"] for row in ours["levels"] if row["docs_per_request"] == DOCS_PER_REQUEST)
         say("overload")
-        report["overload"] = measure_overload(model.artifact, model.source, best / DOCS_PER_REQUEST,
+        report["overload"] = measure_overload(model.artifact_dir, model.source_dir, best / DOCS_PER_REQUEST,
                                               build_requests(args.overload_requests, seed=1))
         say(f"  {report['overload']}")
     report["targets"] = targets(report)
@@ -361,11 +375,13 @@ def main() -> None:
     parser.add_argument("--systems", default="rerankrt,naive,st")
     parser.add_argument("--overload-requests", type=int, default=120)
     parser.add_argument("--no-overload", action="store_true")
+    parser.add_argument("--serve-args", default="", help="extra options for `rerankrt serve`, e.g. '--window-tokens 65536'")
     parser.add_argument("--offline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--artifact", help=argparse.SUPPRESS)
     parser.add_argument("--requests", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    SERVE_ARGS.extend(args.serve_args.split())
     if args.offline:
         offline_main(args)
     else:

@@ -155,6 +155,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         max_documents=args.max_documents, max_document_bytes=args.max_document_bytes,
         max_body_bytes=args.max_body_bytes, max_queued_pairs=args.max_queued_pairs, max_wait_ms=args.max_wait_ms,
+        window_tokens=args.window_tokens,
         request_timeout_s=args.request_timeout, auto_truncate=not args.no_auto_truncate,
         api_key=args.api_key or ServerConfig.api_key_from_env())
     serve(args.artifacts, host=args.host, port=args.port, config=config, log_level=args.log_level,
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queued-pairs", type=int, default=d.max_queued_pairs,
                    help="pairs waiting per model before requests get 429")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
+    p.add_argument("--window-tokens", type=int,
+                   help="queued tokens sorted together per scheduling window (default 32 × the token budget)")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s)
     p.add_argument("--no-auto-truncate", action="store_true",
                    help="TEI /rerank without 'truncate': refuse over-long pairs (413) instead of truncating")

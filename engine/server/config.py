@@ -20,7 +20,7 @@ class ServerConfig:
     max_body_bytes: int = 64 << 20  # request body (413 above)
     max_queued_pairs: int = 40_000  # pairs waiting per model; a request that does not fit gets 429
     max_wait_ms: float = 2.0  # how long a lone small request waits for company before running
-    window_tokens: int | None = None  # tokens per scheduling window (default 8 × the token budget)
+    window_tokens: int | None = None  # tokens per scheduling window (default 32 × the token budget)
     request_timeout_s: float = 60.0  # 504 after this (its pending pairs are dropped)
     auto_truncate: bool = True  # TEI's /rerank with truncate unset: truncate (True) or 413 (False)
     api_key: str | None = None  # checked on every endpoint but /health

@@ -9,6 +9,11 @@ when large), sorts the window by length, cuts it into the same token-budget batc
 moment its last row is scored.
 
 * inference never runs on the event loop: the worker is a thread, the loop only awaits a future;
+* the window is large (32 × the batch token budget, 65,536 tokens on CPU): the more rows are
+  sorted together, the less padding. Measured at concurrency 16 with 1×100-document requests
+  (distilled 17m, OpenVINO bf16, 2 cores): 8 × the budget gave 85% of offline ``predict``
+  throughput, 32 × gave 91%, and p50 latency did not grow. A lone request never waits for a
+  window to fill: the window is whatever is queued, up to that size;
 * a short ``max_wait`` lets requests that arrive together share a window, and is skipped as soon
   as a full batch's worth of tokens is waiting (so it costs nothing under load);
 * the queue is bounded in rows: :meth:`submit` raises :class:`QueueFullError` with a retry hint
@@ -94,7 +99,7 @@ class BatchScheduler:
         self.pad_id = pad_id
         self.policy = policy
         self.max_wait_s = max_wait_s
-        self.window_tokens = window_tokens or 8 * policy.token_budget
+        self.window_tokens = window_tokens or 32 * policy.token_budget
         self.max_queued_rows = max_queued_rows
         self.stats = stats or SchedulerStats()
         self.name = name
