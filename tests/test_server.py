@@ -355,11 +355,12 @@ def test_several_models_served_by_name(tiny_artifact, reranker):
     assert parse_model_specs(["a=/x/y", "/x/z", "org/model"]) == [("a", "/x/y"), (None, "/x/z"), (None, "org/model")]
     with pytest.raises(ValueError, match="max_queued_pairs"):
         ServerConfig(max_documents=10, max_queued_pairs=5)
-    models = load_models([str(tiny_artifact), f"short={tiny_artifact}"], precision="fp32", backend="onnxruntime",
-                         max_length=16)
-    assert list(models) == [Path(tiny_artifact).name, "short"]
+    loaded = load_models([str(tiny_artifact), f"short={tiny_artifact}"], precision="fp32", backend="onnxruntime")
+    assert list(loaded) == [Path(tiny_artifact).name, "short"]
     with pytest.raises(ValueError, match="named"):
         load_models([f"x={tiny_artifact}", f"x={tiny_artifact}"], precision="fp32")
+    models = {"full": reranker, "short": Reranker.from_pretrained(tiny_artifact, precision="fp32",
+                                                                  backend="onnxruntime", max_length=16)}
     server = LiveServer(create_app(models))
     try:
         assert [m["name"] for m in server.client.get("/info").json()["models"]] == list(models)
@@ -367,7 +368,7 @@ def test_several_models_served_by_name(tiny_artifact, reranker):
         default = server.post("/v1/rerank", {"query": "q", "documents": [doc], "raw_scores": True}).json()
         short = server.post("/v1/rerank", {"model": "short", "query": "q", "documents": [doc],
                                            "raw_scores": True}).json()
-        assert default["model"] == Path(tiny_artifact).name and short["model"] == "short"
+        assert default["model"] == "full" and short["model"] == "short"
         assert short["usage"]["total_tokens"] == 16 < default["usage"]["total_tokens"]
         assert short["results"][0]["relevance_score"] == pytest.approx(
             float(models["short"].predict(("q", doc))), abs=1e-5)

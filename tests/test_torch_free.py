@@ -68,3 +68,30 @@ def test_cli_serving_commands_without_the_training_stack(tiny_artifact):
         sys.exit(main(["export", "some/model", "-o", "/tmp/never"]))
     """)
     assert blocked_export.returncode == 2 and "[export] extra" in blocked_export.stderr
+
+
+def test_http_server_serves_without_the_training_stack(tiny_artifact):
+    """The [serve] stack (FastAPI, uvicorn) on the runtime alone: app built, a rerank answered in-process."""
+    result = _run(f"""
+        import json, sys
+        import httpx
+        from rerankrt.engine.server import create_app, ServerConfig
+        from rerankrt.engine.server.main import load_models
+        app = create_app(load_models([{str(tiny_artifact)!r}], precision="fp32"), ServerConfig())
+
+        async def go():
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                    r = await client.post("/v1/rerank", json={{"query": "q", "documents": ["a", "b", "c"]}})
+                    return r.status_code, len(r.json()["results"])
+
+        import asyncio
+        status, n = asyncio.run(go())
+        heavy = [m for m in ("torch", "transformers", "sentence_transformers", "optimum", "rerankrt.export")
+                 if m in sys.modules]
+        print(json.dumps({{"status": status, "n": n, "heavy": heavy}}))
+    """)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out == {"status": 200, "n": 3, "heavy": []}
