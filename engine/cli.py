@@ -146,6 +146,90 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .batch import ChunkScorer, Fields, ScoreJob, score_file
+    from .reranker import Reranker
+
+    options = {"precision": args.precision, "backend": args.backend, "max_length": args.max_length}
+    reranker = Reranker.from_pretrained(args.artifact, threads=args.threads, **options)
+    model_id = f"{reranker.artifact.directory}:{reranker.precision}:{reranker.max_length}"
+    job = ScoreJob(Path(args.input), Path(args.output), args.format, args.output_format,
+                   Fields(args.query_field, args.document_field, args.documents_field, args.id_field),
+                   Path(args.corpus) if args.corpus else None, Path(args.queries) if args.queries else None,
+                   args.depth, args.top_k, not args.no_title, args.on_error,
+                   Path(args.rejects) if args.rejects else None, args.chunk_pairs, model_id)
+    if args.workers > 1:
+        del reranker  # each worker process loads its own
+        scorer = ChunkScorer.processes(args.artifact, args.workers, {**options, "threads": 1}, args.activation)
+    else:
+        scorer = ChunkScorer.in_process(reranker, args.activation)
+    try:
+        summary = score_file(job, scorer, resume=args.resume, overwrite=args.overwrite,
+                             progress=not args.no_progress)
+    finally:
+        scorer.close()
+    print(summary.describe(), file=sys.stderr)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .batch import ChunkScorer, ScoreJob, score_file
+    from .batch import ireval
+
+    try:
+        import ir_measures  # noqa: F401
+    except ImportError as exc:
+        raise RerankrtError(f"evaluation needs the [eval] extra (pip install 'rerankrt[eval]'): {exc}") from exc
+    beir = Path(args.beir)
+    out_dir = Path(args.out_dir or f"eval-{beir.name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus, queries, qrels = ireval.read_beir(beir, args.split, with_title=not args.no_title)
+    metrics = args.metrics.split(",")
+    first_path = out_dir / "first-stage.trec"
+    if args.first_stage:
+        first = ireval.read_run(Path(args.first_stage))
+        first = {q: dict(sorted(d.items(), key=lambda kv: -kv[1])[:args.depth]) for q, d in first.items() if q in qrels}
+        label = f"first stage ({Path(args.first_stage).name})"
+    else:
+        first = ireval.bm25_run(corpus, queries, args.depth)
+        label = "first stage (BM25, bm25s)"
+    ireval.write_run(first, first_path, "first-stage")
+    rows = [(label, ireval.evaluate(qrels, first, metrics))]
+    for run_file in args.runs or []:
+        rows.append((Path(run_file).name, ireval.evaluate(qrels, ireval.read_run(Path(run_file)), metrics)))
+    if args.artifact:
+        from .reranker import Reranker
+
+        for precision in args.precision.split(","):
+            reranker = Reranker.from_pretrained(args.artifact, precision=precision, backend=args.backend,
+                                                threads=args.threads, max_length=args.max_length)
+            out = out_dir / f"reranked-{precision}.trec"
+            scorer = ChunkScorer.in_process(reranker)
+            try:
+                summary = score_file(ScoreJob(first_path, out, corpus=beir / "corpus.jsonl",
+                                              queries=beir / "queries.jsonl", depth=args.depth,
+                                              with_title=not args.no_title), scorer, overwrite=True,
+                                     progress=not args.no_progress)
+            finally:
+                scorer.close()
+            rows.append((f"rerankrt {precision} ({reranker.backend.name}, top {args.depth})",
+                         ireval.evaluate(qrels, ireval.read_run(out), metrics)))
+            print(f"  {precision}: {summary.describe()}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([{"system": name, **values} for name, values in rows], indent=1))
+        return 0
+    print(f"{beir.name} ({len(queries)} judged queries, {len(corpus):,} documents), runs in {out_dir}/")
+    print("| system | " + " | ".join(metrics) + " |")
+    print("|---|" + "---:|" * len(metrics))
+    for name, values in rows:
+        print(f"| {name} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server.config import ServerConfig
@@ -219,6 +303,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1000)
     p.add_argument("--passes", type=int, default=3)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("score", help="score a file of pairs (JSONL, CSV/TSV, Parquet, or a TREC run + BEIR files); "
+                       "streaming, resumable, rows in input order")
+    runtime_args(p)
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--format", help="input format (default: from the file name): jsonl, csv, tsv, parquet, trec")
+    p.add_argument("--output-format", help="default: from the output name")
+    p.add_argument("--query-field", default="query")
+    p.add_argument("--document-field", default="document")
+    p.add_argument("--documents-field", default="documents", help="grouped rows: a list of documents per query")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("--corpus", help="TREC input: BEIR corpus.jsonl")
+    p.add_argument("--queries", help="TREC input: BEIR queries.jsonl")
+    p.add_argument("--depth", type=int, default=100, help="TREC input: first-stage candidates per query (default 100)")
+    p.add_argument("--top-k", type=int, help="TREC output: keep the best k per query")
+    p.add_argument("--no-title", action="store_true", help="TREC input: document text without the BEIR title")
+    p.add_argument("--activation", help="raw | sigmoid (default: the model's own)")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                   help="bad rows: stop with file:line (default) or write them to a rejects file")
+    p.add_argument("--rejects", help="rejects file (default OUTPUT.rejects.jsonl)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, one thread each (default 1 process with --threads threads)")
+    p.add_argument("--chunk-pairs", type=int, default=8192, help="pairs per checkpointed chunk")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("eval", help="nDCG@10 / MRR@10 / Recall@100 of reranked runs against BEIR qrels, "
+                       "vs the first stage (BM25 when no run is given), per precision")
+    p.add_argument("--beir", required=True, help="BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--artifact", help="rerank the first stage with this artifact")
+    p.add_argument("--precision", default="fp32", help="comma list, e.g. fp32,int8: one reranked run each")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--first-stage", help="TREC run of the first stage (default: BM25 with bm25s)")
+    p.add_argument("--depth", type=int, default=100, help="candidates per query to rerank (default 100)")
+    p.add_argument("--runs", nargs="*", help="more TREC runs to evaluate alongside")
+    p.add_argument("--metrics", default="nDCG@10,RR@10,R@100", help="ir-measures names")
+    p.add_argument("--out-dir", help="where runs are written (default ./eval-<dataset>)")
+    p.add_argument("--no-title", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_eval)
 
     from .server.config import API_KEY_ENV, ServerConfig
 

@@ -113,6 +113,16 @@ class Reranker:
             batch = pad_batch(token_ids, indices, self.tokenizer.pad_id, policy.pad_to_multiple_of)
             yield batch.indices, self.backend.run(batch.input_ids, batch.attention_mask)
 
+    def logits_for_token_ids(self, token_ids: list[list[int]]) -> np.ndarray:
+        """Raw logits ``float32 [n, num_labels]`` for already tokenized pairs, in input order.
+
+        For front-ends that tokenize themselves to count tokens and truncations (file scoring).
+        """
+        logits = np.empty((len(token_ids), self.num_labels), dtype=np.float32)
+        for positions, out in self._score_tokenized(token_ids, self.policy):
+            logits[positions] = out
+        return logits
+
     def _logits(self, pairs: list[Pair], policy: BatchPolicy, progress=None) -> np.ndarray:
         """Raw logits ``[n, num_labels]`` in input order; tokenization of chunk k+1 overlaps scoring of chunk k."""
         logits = np.empty((len(pairs), self.num_labels), dtype=np.float32)

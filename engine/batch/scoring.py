@@ -1,0 +1,83 @@
+"""Who scores a chunk: this process (one Reranker, N intra-op threads) or N worker processes.
+
+Both sides return the same thing per chunk: scores in input order plus token and truncation
+counts, tokenized once with the artifact's tokenizer. Chunks are pipelined: while the writer
+handles chunk k, chunks k+1 … k+depth are being scored, so reading, parsing and writing overlap
+inference and no stage waits for another.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..reranker import Reranker, resolve_activation
+
+
+@dataclass
+class ChunkScores:
+    scores: np.ndarray  # [n_pairs] (single-label) or [n_pairs, labels]
+    tokens: int
+    truncated: int
+
+
+def score_pairs(reranker: Reranker, pairs: list[tuple[str, str]], activation: str | None) -> ChunkScores:
+    token_ids, truncated = reranker.tokenizer.encode_with_truncation(pairs)
+    logits = reranker.logits_for_token_ids(token_ids)
+    scores = resolve_activation(activation, reranker.activation)(logits)
+    scores = scores[:, 0] if reranker.num_labels == 1 else scores
+    return ChunkScores(np.asarray(scores, dtype=np.float32), sum(len(t) for t in token_ids), int(truncated.sum()))
+
+
+# -- worker processes (module-level: picklable) --------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(artifact: str, options: dict, activation: str | None) -> None:
+    _WORKER["reranker"] = Reranker.from_pretrained(artifact, **options)
+    _WORKER["activation"] = activation
+
+
+def _score_in_worker(pairs: list[tuple[str, str]]) -> ChunkScores:
+    return score_pairs(_WORKER["reranker"], pairs, _WORKER["activation"])
+
+
+class ChunkScorer:
+    """``map(chunks)`` → ``ChunkScores`` in chunk order, with at most ``depth`` chunks in flight."""
+
+    def __init__(self, submit: Callable[[list], Future], executor: Executor, depth: int, describe: str) -> None:
+        self._submit, self._executor, self.depth, self.describe = submit, executor, depth, describe
+
+    @classmethod
+    def in_process(cls, reranker: Reranker, activation: str | None = None) -> ChunkScorer:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankrt-score")
+        return cls(lambda pairs: executor.submit(score_pairs, reranker, pairs, activation), executor, depth=2,
+                   describe=f"1 process × {reranker.backend.name} {reranker.precision}")
+
+    @classmethod
+    def processes(cls, artifact: str, workers: int, options: dict, activation: str | None = None) -> ChunkScorer:
+        import multiprocessing
+
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker, initargs=(str(artifact), options, activation))
+        return cls(lambda pairs: executor.submit(_score_in_worker, pairs), executor, depth=workers + 1,
+                   describe=f"{workers} processes × {options.get('threads', 1)} thread(s)")
+
+    def map(self, chunks: Iterable[tuple[object, list[tuple[str, str]]]]) -> Iterator[tuple[object, ChunkScores]]:
+        """``(tag, pairs)`` in → ``(tag, scores)`` out, same order."""
+        pending: collections.deque[tuple[object, Future]] = collections.deque()
+        for tag, pairs in chunks:
+            pending.append((tag, self._submit(pairs)))
+            if len(pending) > self.depth:
+                done_tag, future = pending.popleft()
+                yield done_tag, future.result()
+        while pending:
+            done_tag, future = pending.popleft()
+            yield done_tag, future.result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
