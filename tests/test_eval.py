@@ -38,9 +38,10 @@ def _beir(directory: Path) -> Path:
 
 
 def _ndcg10(ranked: list[str], relevance: dict[str, int]) -> float:
-    dcg = sum((2 ** relevance.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
+    """trec_eval's ndcg_cut.10: linear gains."""
+    dcg = sum(relevance.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
     ideal = sorted(relevance.values(), reverse=True)
-    idcg = sum((2 ** r - 1) / math.log2(i + 2) for i, r in enumerate(ideal[:10]))
+    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal[:10]))
     return dcg / idcg
 
 

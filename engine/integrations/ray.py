@@ -14,7 +14,9 @@ plus its score: row identity holds whatever order Ray finishes blocks in.
     scored.write_parquet("s3://bucket/scored/")
 
 On a cluster the artifact directory must be readable on every node (shared storage, or a hub id
-each node downloads).
+each node downloads). Leave Ray some CPUs beyond the actors' (``ray.init(num_cpus=…)`` or the
+cluster's size): Ray Data's read and write tasks need a free CPU too, and a pool that takes every
+CPU waits for one forever.
 """
 
 from __future__ import annotations
