@@ -25,12 +25,21 @@ class ChunkScores:
     truncated: int
 
 
-def score_pairs(reranker: Reranker, pairs: list[tuple[str, str]], activation: str | None) -> ChunkScores:
-    token_ids, truncated = reranker.tokenizer.encode_with_truncation(pairs)
+def tokenize_pairs(reranker: Reranker, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], np.ndarray]:
+    return reranker.tokenizer.encode_with_truncation(pairs)
+
+
+def infer_tokens(reranker: Reranker, tokenized: tuple[list[list[int]], np.ndarray],
+                 activation: str | None) -> ChunkScores:
+    token_ids, truncated = tokenized
     logits = reranker.logits_for_token_ids(token_ids)
     scores = resolve_activation(activation, reranker.activation)(logits)
     scores = scores[:, 0] if reranker.num_labels == 1 else scores
     return ChunkScores(np.asarray(scores, dtype=np.float32), sum(len(t) for t in token_ids), int(truncated.sum()))
+
+
+def score_pairs(reranker: Reranker, pairs: list[tuple[str, str]], activation: str | None) -> ChunkScores:
+    return infer_tokens(reranker, tokenize_pairs(reranker, pairs), activation)
 
 
 # -- worker processes (module-level: picklable) --------------------------------------------------
@@ -46,6 +55,17 @@ def _score_in_worker(pairs: list[tuple[str, str]]) -> ChunkScores:
     return score_pairs(_WORKER["reranker"], pairs, _WORKER["activation"])
 
 
+class _Both:
+    """Shut two executors down as one."""
+
+    def __init__(self, *executors: Executor) -> None:
+        self.executors = executors
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        for executor in self.executors:
+            executor.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 class ChunkScorer:
     """``map(chunks)`` → ``ChunkScores`` in chunk order, with at most ``depth`` chunks in flight."""
 
@@ -54,8 +74,19 @@ class ChunkScorer:
 
     @classmethod
     def in_process(cls, reranker: Reranker, activation: str | None = None) -> ChunkScorer:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankrt-score")
-        return cls(lambda pairs: executor.submit(score_pairs, reranker, pairs, activation), executor, depth=2,
+        """Two stages, one thread each: chunk k+1 is tokenized while chunk k runs on the backend.
+
+        Tokenizing is ~7% of the time of scoring (17m, max_length 128); done in line it showed as
+        8.7% overhead over ``predict``, which overlaps it the same way.
+        """
+        tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankrt-tokenize")
+        inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankrt-score")
+
+        def submit(pairs: list[tuple[str, str]]) -> Future:
+            tokenized = tokenizer.submit(tokenize_pairs, reranker, pairs)
+            return inference.submit(lambda: infer_tokens(reranker, tokenized.result(), activation))
+
+        return cls(submit, _Both(tokenizer, inference), depth=2,
                    describe=f"1 process × {reranker.backend.name} {reranker.precision}")
 
     @classmethod
