@@ -156,7 +156,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     reranker = Reranker.from_pretrained(args.artifact, threads=args.threads, **options)
     model_id = f"{reranker.artifact.directory}:{reranker.precision}:{reranker.max_length}"
     job = ScoreJob(Path(args.input), Path(args.output), args.format, args.output_format,
-                   Fields(args.query_field, args.document_field, args.documents_field, args.id_field),
+                   Fields(args.query_field, args.document_field, args.documents_field),
                    Path(args.corpus) if args.corpus else None, Path(args.queries) if args.queries else None,
                    args.depth, args.top_k, not args.no_title, args.on_error,
                    Path(args.rejects) if args.rejects else None, args.chunk_pairs, model_id)
@@ -177,8 +177,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .batch import ChunkScorer, ScoreJob, score_file
-    from .batch import ireval
+    from .batch import ChunkScorer, ScoreJob, ireval, score_file
 
     try:
         import ir_measures  # noqa: F401
@@ -314,7 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-field", default="query")
     p.add_argument("--document-field", default="document")
     p.add_argument("--documents-field", default="documents", help="grouped rows: a list of documents per query")
-    p.add_argument("--id-field", default="id")
     p.add_argument("--corpus", help="TREC input: BEIR corpus.jsonl")
     p.add_argument("--queries", help="TREC input: BEIR queries.jsonl")
     p.add_argument("--depth", type=int, default=100, help="TREC input: first-stage candidates per query (default 100)")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from . import trec
 
 DEFAULT_METRICS = ("nDCG@10", "RR@10", "R@100")
 
@@ -39,16 +40,8 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 
 def read_run(path: Path) -> dict[str, dict[str, float]]:
-    run: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise InvalidInputError(f"{path}:{number}: a TREC run line has 6 fields, got {len(parts)}")
-            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
-    return run
+    """``qid → {docid: score}`` (the TREC reader of :mod:`.trec`, all candidates)."""
+    return {qid: {docid: score for _, docid, score in rows} for qid, rows in trec.read_run(path, None).items()}
 
 
 def write_run(run: dict[str, dict[str, float]], path: Path, tag: str) -> None:

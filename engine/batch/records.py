@@ -37,12 +37,11 @@ def detect_format(path: Path, given: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Fields:
-    """Column names (configurable: ``--query-field`` …)."""
+    """Column names (configurable: ``--query-field`` …); every other column, ids included, is carried through."""
 
     query: str = "query"
     document: str = "document"
     documents: str = "documents"  # grouped rows: a list of documents
-    id: str = "id"
 
 
 @dataclass

@@ -21,8 +21,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import RerankrtError
-from .records import BadRowError, Fields, Record, RowError, count_rows, delimited_header, detect_format
-from .records import read_delimited, read_jsonl, read_parquet
+from .records import (
+    BadRowError,
+    Fields,
+    Record,
+    RowError,
+    count_rows,
+    delimited_header,
+    detect_format,
+    read_delimited,
+    read_jsonl,
+    read_parquet,
+)
 from .scoring import ChunkScorer
 from .trec import read_trec
 from .writers import RejectsWriter, make_writer
