@@ -160,9 +160,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
                    Path(args.corpus) if args.corpus else None, Path(args.queries) if args.queries else None,
                    args.depth, args.top_k, not args.no_title, args.on_error,
                    Path(args.rejects) if args.rejects else None, args.chunk_pairs, model_id)
-    if args.workers > 1:
+    workers = args.workers
+    if workers is None:  # measured default: one single-thread process per core (bench_score.py)
+        from .hardware import physical_cores
+
+        workers = 1 if args.threads else physical_cores()
+    if workers > 1:
         del reranker  # each worker process loads its own
-        scorer = ChunkScorer.processes(args.artifact, args.workers, {**options, "threads": 1}, args.activation)
+        scorer = ChunkScorer.processes(args.artifact, workers, {**options, "threads": 1}, args.activation)
     else:
         scorer = ChunkScorer.in_process(reranker, args.activation)
     try:
@@ -324,8 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rejects", help="rejects file (default OUTPUT.rejects.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes, one thread each (default 1 process with --threads threads)")
+    p.add_argument("--workers", type=int,
+                   help="worker processes with one thread each; default: one per core, or a single process "
+                   "when --threads is given (2 cores, distilled 17m: 2 processes 692 vs 1×2 threads 657 pairs/s)")
     p.add_argument("--chunk-pairs", type=int, default=8192, help="pairs per checkpointed chunk")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_score)

@@ -221,7 +221,7 @@ def _peak_rss_of_score(tiny_artifact, path: Path, out: Path) -> float:
         "import sys, resource\n"
         "from rerankrt.engine.cli import main\n"
         f"rc = main(['score', {str(tiny_artifact)!r}, {str(path)!r}, '-o', {str(out)!r}, '--precision', 'fp32', "
-        "'--backend', 'onnxruntime', '--max-length', '32', '--no-progress'])\n"
+        "'--backend', 'onnxruntime', '--max-length', '32', '--no-progress', '--workers', '1'])\n"
         "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])\n"
         "sys.exit(rc)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
