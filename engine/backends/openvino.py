@@ -12,15 +12,13 @@ faster than fp32, and compiles Q/DQ int8 graphs natively. Three things matter:
   call through an ``AsyncInferQueue`` so that, with the ``THROUGHPUT`` hint, OpenVINO's streams
   run several batches at once;
 * **hint**: ``LATENCY`` by default. With rerankrt's graph (fused RoPE, CLS-only last layer) the
-  ``THROUGHPUT`` hint no longer pays: on the distilled 17m (Zen 5, 2 threads, 300 negconstraint
-  pairs, 3 runs each) bf16 409–415 vs 399–413 pairs/s, fp32 241–242 vs 242, but peak RSS
-  337–348 vs 287 MiB (bf16) and 436–442 vs 286 MiB (fp32). ``backend_options={"performance_hint":
-  "THROUGHPUT"}`` brings the streams back;
+  ``THROUGHPUT`` hint gains little and costs memory (``benchmarks/bench_ov_hints.py``, distilled
+  17m, 2 threads): bf16 375 vs 365 pairs/s at 346 vs 291 MiB peak RSS, fp32 225 vs 228 pairs/s at
+  397 vs 310 MiB. ``backend_options={"performance_hint": "THROUGHPUT"}`` brings the streams back;
 * **shape buckets for int8**: OpenVINO compiles and caches kernels per input shape, and its int8
-  kernels are large: with every batch width distinct, the int8 17m grew to 623 MiB and 303
-  pairs/s; widths rounded to a multiple of 16 gave 413 MiB and 338 pairs/s (fp32/bf16: no gain,
-  so no rounding). Hence :attr:`pad_multiple`, which the batcher honours.
-
+  kernels are large: with every batch width distinct, the int8 17m peaked at 663 MiB and ran 269
+  pairs/s; widths rounded to a multiple of 16 gave 410 MiB and 318 pairs/s (same script; fp32/bf16
+  gain nothing, so they are not rounded). Hence :attr:`pad_multiple`, which the batcher honours;
 * **CPU pinning** is turned off when a backend uses fewer threads than the machine has cores:
   OpenVINO pins its threads to the first cores, so two single-thread processes (``rerankrt score
   --workers 2``, two Ray actors) stacked on one core. Measured (2 cores, distilled 17m bf16, two
