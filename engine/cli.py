@@ -149,12 +149,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .artifact import load_artifact
     from .batch import ChunkScorer, Fields, ScoreJob, score_file
+    from .hub import resolve_model_dir
     from .reranker import Reranker
+    from .selection import choose_precision
 
     options = {"precision": args.precision, "backend": args.backend, "max_length": args.max_length}
-    reranker = Reranker.from_pretrained(args.artifact, threads=args.threads, **options)
-    model_id = f"{reranker.artifact.directory}:{reranker.precision}:{reranker.max_length}"
+    # which model and precision will score, without loading it here (worker processes load their own)
+    artifact = load_artifact(resolve_model_dir(args.artifact)[0])
+    precision = choose_precision(artifact, args.precision, "cpu")
+    model_id = f"{artifact.directory}:{precision}:{args.max_length or artifact.max_length}"
     job = ScoreJob(Path(args.input), Path(args.output), args.format, args.output_format,
                    Fields(args.query_field, args.document_field, args.documents_field),
                    Path(args.corpus) if args.corpus else None, Path(args.queries) if args.queries else None,
@@ -166,9 +171,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
         workers = 1 if args.threads else physical_cores()
     if workers > 1:
-        del reranker  # each worker process loads its own
         scorer = ChunkScorer.processes(args.artifact, workers, {**options, "threads": 1}, args.activation)
     else:
+        reranker = Reranker.from_pretrained(args.artifact, threads=args.threads, **options)
         scorer = ChunkScorer.in_process(reranker, args.activation)
     try:
         summary = score_file(job, scorer, resume=args.resume, overwrite=args.overwrite,

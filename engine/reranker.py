@@ -26,7 +26,7 @@ from .tokenize import Pair, PairTokenizer, is_single_pair, normalize_pairs
 TOKENIZE_CHUNK = 4096  # pairs tokenized ahead while the previous chunk is scored
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
@@ -38,7 +38,7 @@ def resolve_activation(activation: str | Callable | None, default: str) -> Calla
     if name in ("raw", "identity", "none"):
         return lambda x: x
     if name == "sigmoid":
-        return _sigmoid
+        return sigmoid
     raise ValueError(f"unknown activation {activation!r}; use 'raw', 'sigmoid' or a callable")
 
 

@@ -9,7 +9,6 @@ is a maintained, fast BM25 for users who have no first-stage run. Both are optio
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,17 +67,8 @@ def read_beir(directory: Path, split: str = "test", with_title: bool = True):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} is not a BEIR dataset: {name} is missing")
     qrels = read_qrels(directory / "qrels" / f"{split}.tsv")
-    corpus, queries = {}, {}
-    with open(directory / "corpus.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            title, text = row.get("title") or "", row.get("text") or ""
-            corpus[str(row["_id"])] = f"{title} {text}".strip() if with_title and title else text
-    with open(directory / "queries.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if str(row["_id"]) in qrels:
-                queries[str(row["_id"])] = row.get("text") or ""
+    corpus = trec.read_beir_texts(directory / "corpus.jsonl", None, with_title)
+    queries = trec.read_beir_texts(directory / "queries.jsonl", set(qrels), with_title=False)
     return corpus, queries, qrels
 
 

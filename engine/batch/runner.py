@@ -250,8 +250,7 @@ def score_file(job: ScoreJob, scorer: ChunkScorer, resume: bool = False, overwri
             rejects.finalize()
             summary.rejects = str(rejects_path)
         else:
-            rejects.writer.close()
-            rejects.writer.partial.unlink(missing_ok=True)
+            rejects.discard()
     checkpoint.remove()
     summary.seconds = base_seconds + time.perf_counter() - started
     return summary

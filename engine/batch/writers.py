@@ -157,6 +157,11 @@ class RejectsWriter:
     def finalize(self) -> None:
         self.writer.finalize()
 
+    def discard(self) -> None:
+        """No row was rejected: leave no empty rejects file behind."""
+        self.writer.close()
+        self.writer.partial.unlink(missing_ok=True)
+
 
 def make_writer(fmt: str, output: Path, position: int, header: list[str] | None, top_k: int | None):
     if fmt == "parquet":

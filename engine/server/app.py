@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..reranker import Reranker
+from ..reranker import Reranker, sigmoid
 from .config import ServerConfig
 from .metrics import ServerMetrics
 from .middleware import BodyLimitAndMetrics
@@ -54,10 +54,6 @@ def model_name(reranker: Reranker) -> str:
     """A hub id when the artifact came from one, else the artifact directory's name."""
     source = str(reranker.artifact.manifest.get("source", {}).get("id") or "")
     return source if _HUB_ID.match(source) else Path(reranker.artifact.directory).name
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
 @dataclass
@@ -245,7 +241,7 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
     async def rerank_v1(body: RerankRequest, request: Request) -> JSONResponse:
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         scored = await state.score(request, "/v1/rerank", body.model, body.query, texts, truncate=True)
-        scores = scored.logits if body.raw_scores else _sigmoid(scored.logits)
+        scores = scored.logits if body.raw_scores else sigmoid(scored.logits)
         order = np.argsort(-scores, kind="stable")[:body.top_n]
         results = []
         for i in order:
@@ -264,7 +260,7 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
     async def rerank_tei(body: TeiRerankRequest, request: Request) -> JSONResponse:
         truncate = config.auto_truncate if body.truncate is None else body.truncate
         scored = await state.score(request, "/rerank", body.model, body.query, body.texts, truncate=truncate)
-        scores = scored.logits if body.raw_scores else _sigmoid(scored.logits)
+        scores = scored.logits if body.raw_scores else sigmoid(scored.logits)
         order = np.argsort(-scores, kind="stable")
         out = []
         for i in order:
