@@ -20,7 +20,7 @@ from .backends import backend_class
 from .batching import BatchPolicy, pad_batch, plan_batches
 from .errors import ArtifactError, InvalidInputError, InvalidInputTypeError
 from .hub import resolve_model_dir
-from .selection import choose_backend, choose_precision
+from .selection import choose_backend, choose_inference_precision, choose_precision
 from .tokenize import Pair, PairTokenizer, is_single_pair, normalize_pairs
 
 TOKENIZE_CHUNK = 4096  # pairs tokenized ahead while the previous chunk is scored
@@ -82,8 +82,12 @@ class Reranker:
         tokenizer = PairTokenizer(artifact.tokenizer_path, max_length or artifact.max_length, spec["pad_id"],
                                   spec["cls_id"], spec["sep_id"], artifact.manifest["architecture"].get("vocab_size"))
         backend_name = choose_backend(chosen, backend, device)
+        options = dict(backend_options or {})
+        inference_precision = choose_inference_precision(artifact, chosen, backend_name)
+        if inference_precision is not None:
+            options.setdefault("inference_precision", inference_precision)
         runner = backend_class(backend_name)(graph.path, precision=chosen, device=device, providers=providers,
-                                             threads=threads, **(backend_options or {}))
+                                             threads=threads, **options)
         default_budget = 2048 if device == "cpu" else 16384
         policy = BatchPolicy(token_budget or default_budget, max_batch_size,
                              pad_to_multiple_of=int(getattr(runner, "pad_multiple", 1)))

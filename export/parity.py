@@ -102,6 +102,9 @@ def format_report(reports: dict[str, dict]) -> str:
         verdict = "ok" if r["passed"] else "FAIL: " + "; ".join(r["failures"])
         lines.append(f"{precision:<9} {r['max_abs_delta']:>10.3g} {r['max_rel_delta']:>10.2e} "
                      f"{r['spearman']:>10.6f} {r['top10_agreement']:>6.3f}  {verdict}")
+        for name, sub in r.get("by_backend", {}).items():  # every backend's own line when there are several
+            lines.append(f"  {name:<15} {sub['max_rel_delta']:>10.2e} {sub['spearman']:>10.6f} "
+                         f"{sub['top10_agreement']:>6.3f}  {'ok' if sub['passed'] else 'failed'}")
     return "\n".join(lines)
 
 

@@ -70,6 +70,14 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
 
     Activation ranges come from the calibration batches (MinMax); weights are int8 per channel
     (symmetric), activations uint8 (onnxruntime's U8S8 kernels use VNNI where present).
+
+    Only MatMul *inputs* are quantized, not their outputs (``OpTypesToExcludeOutputQuantization``).
+    By default the quantizer also re-quantizes every MatMul's output, which no consumer here
+    needs (residual adds, GeGLU and RoPE run in float): OpenVINO then kept those tensors in u8 and
+    ran the GeGLU and RoPE as unfused elementwise chains (zero-point Subtract and Convert nodes,
+    a quarter of the time). Measured on the distilled 17m, interleaved, same process (Zen 5, 2
+    threads, 300 negconstraint pairs): OpenVINO 283 → 349 pairs/s, onnxruntime 213 → 243, and
+    max |Δ|/score range 3.9e-3 → 3.0e-3.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -79,8 +87,10 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                     nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
                     calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True})
+                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
+                                   "OpTypesToExcludeOutputQuantization": ["MatMul"]})
     return {"method": "onnxruntime.quantize_static (QDQ, MinMax calibration)", "weight_type": "int8",
             "activation_type": "uint8", "per_channel": per_channel, "quantized_matmuls": len(nodes),
+            "quantized_tensors": "MatMul inputs (outputs stay float)",
             "calibration_batches": len(batches),
             "fp32_layers": [k % num_layers for k in keep_fp32_layers] if num_layers else [], "head": "fp32"}
