@@ -105,10 +105,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
         fid = (f"max|Δ|={r['max_abs_delta']:.3g} spearman={r['spearman']:.6f} top10={r['top10_agreement']:.3f} "
                f"{'ok' if r['passed'] else 'FAILED'}") if r else "no parity report"
         print(f"graph        {precision:<5} {info['file']:<18} {info.get('size_bytes', 0) / 1e6:8.1f} MB  {fid}")
+        for name, sub in (r or {}).get("by_backend", {}).items():
+            print(f"               {name:<14} spearman={sub['spearman']:.6f} top10={sub['top10_agreement']:.3f} "
+                  f"{'ok' if sub['passed'] else 'failed'}")
     cpu = cpu_info().summary()
     print(f"this CPU     {cpu['model']} ({cpu['logical_cores']} logical cores)")
     print(f"features     {' '.join(cpu['features']) or 'unknown'}")
+    print(f"auto here    {_auto_choice(artifact)}")
     return 0
+
+
+def _auto_choice(artifact) -> str:
+    """What ``precision="auto"``, ``backend="auto"`` load on this machine, in words."""
+    from .errors import BackendUnavailableError
+    from .selection import choose_backend, choose_inference_precision, choose_precision
+
+    try:
+        precision = choose_precision(artifact, "auto", "cpu")
+        backend = choose_backend(precision, "auto", "cpu")
+    except BackendUnavailableError as exc:
+        return f"nothing loadable: {exc}"
+    between = choose_inference_precision(artifact, precision, backend)
+    return f"{precision} on {backend}" + (f" ({between} between the int8 matmuls)" if between else "")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -141,7 +159,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = {"pairs": len(pairs), "pairs_per_s": len(pairs) / float(np.median(times)),
               "rank_1x100_ms_p50": 1000 * float(np.percentile(lat, 50)),
               "rank_1x100_ms_p95": 1000 * float(np.percentile(lat, 95)),
-              "precision": reranker.precision, "backend": reranker.backend.name, "cpu": cpu_info().summary()}
+              "precision": reranker.precision, "backend": reranker.backend.name,
+              "inference_precision": getattr(reranker.backend, "inference_precision", None),
+              "cpu": cpu_info().summary()}
     print(json.dumps(result, indent=2))
     return 0
 

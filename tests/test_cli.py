@@ -27,6 +27,8 @@ def test_export_info_predict_rank(tmp_path, tiny_model):
 
     info = _cli("info", out)
     assert info.returncode == 0 and "int8" in info.stdout and "features" in info.stdout
+    # what auto loads here: int8 leads wherever it passed its gate (the gate's tolerance above is loose)
+    assert "auto here    int8 on " in info.stdout
     manifest = json.loads(_cli("info", out, "--json").stdout)["manifest"]
     assert manifest["tokenizer"]["max_length"] == 256
 

@@ -17,9 +17,10 @@ faster than fp32, and compiles Q/DQ int8 graphs natively. Three things matter:
   one runs;
 * **compile cache**: ``CACHE_DIR`` keeps the compiled blob on disk so the second start is fast;
 * **infer requests**: one compiled model, an ``InferRequest`` per calling thread (a request is
-  not re-entrant), so concurrent ``predict`` calls are safe; ``run_many`` feeds all batches of a
-  call through an ``AsyncInferQueue`` so that, with the ``THROUGHPUT`` hint, OpenVINO's streams
-  run several batches at once;
+  not re-entrant), so concurrent ``predict`` calls are safe; with the ``THROUGHPUT`` hint
+  ``run_many`` feeds all batches of a call through an ``AsyncInferQueue`` so that OpenVINO's
+  streams run several batches at once, and with one request (``LATENCY``) runs them in turn on
+  it: every infer request holds its own intermediate buffers;
 * **hint**: ``LATENCY`` by default. With rerankrt's graph (fused RoPE, CLS-only last layer) the
   ``THROUGHPUT`` hint gains little and costs memory (``benchmarks/bench_ov_hints.py``, distilled
   17m, 2 threads): bf16 375 vs 365 pairs/s at 346 vs 291 MiB peak RSS, fp32 225 vs 228 pairs/s at
@@ -63,7 +64,7 @@ class OpenVinoBackend:
 
     def __init__(self, model_path: Path, precision: str, device: str = "cpu", providers: list[str] | None = None,
                  threads: int | None = None, performance_hint: str = "LATENCY",
-                 cache_dir: Path | None = None, runtime_cache_capacity: int | None = None,
+                 cache_dir: Path | str | bool | None = None, runtime_cache_capacity: int | None = None,
                  inference_precision: str | None = None) -> None:
         if device != "cpu":
             raise BackendUnavailableError(f"the openvino backend runs on the CPU only, not {device!r}")
@@ -76,12 +77,13 @@ class OpenVinoBackend:
         self.device = device
         self.pad_multiple = _PAD_MULTIPLE.get(precision, 1)
         core = ov.Core()
-        cache = Path(cache_dir) if cache_dir else default_cache_dir()
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            core.set_property({"CACHE_DIR": str(cache)})
-        except OSError:
-            pass  # a read-only home only costs start-up time
+        if cache_dir is not False:  # False: no compile cache
+            cache = Path(cache_dir) if cache_dir else default_cache_dir()
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+                core.set_property({"CACHE_DIR": str(cache)})
+            except OSError:
+                pass  # a read-only home only costs start-up time
         threads = int(threads or physical_cores())
         config = {
             "INFERENCE_PRECISION_HINT": self.inference_precision,
@@ -126,14 +128,22 @@ class OpenVinoBackend:
         return queue
 
     def run_many(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        """Run every batch through the async queue (streams in parallel); results in batch order."""
+        """Run every batch; results in batch order.
+
+        With several infer requests (the THROUGHPUT hint's streams) batches go through the async
+        queue so that streams run in parallel. With one (LATENCY, the default) they run one after
+        another on it: the async queue then overlaps nothing and cost memory (68m fp32, 300
+        pairs: peak RSS 857 vs 726 MiB through ``run``).
+        """
+        queue = self._queue()
+        if len(queue) == 1:
+            return [self.run(input_ids, attention_mask) for input_ids, attention_mask in batches]
         results: dict[int, np.ndarray] = {}
 
         def done(request: ov.InferRequest, userdata: tuple[int, int]) -> None:
             index, rows = userdata
             results[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32).reshape(rows, -1)
 
-        queue = self._queue()
         queue.set_callback(done)
         for index, (input_ids, attention_mask) in enumerate(batches):
             queue.start_async({"input_ids": input_ids, "attention_mask": attention_mask},
@@ -142,10 +152,8 @@ class OpenVinoBackend:
         return [results[i] for i in range(len(batches))]
 
     def _request(self) -> ov.InferRequest:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        return request
+        """The queue's first request: every request holds its own intermediate buffers."""
+        return self._queue()[0]
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         result = self._request().infer({"input_ids": input_ids, "attention_mask": attention_mask})
