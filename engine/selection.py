@@ -1,15 +1,16 @@
 """``precision="auto"`` and ``backend="auto"``: the documented rule, in one place.
 
 Measured on the distilled 17m (AMD Zen 5, AVX-512 + VNNI + BF16, 2 threads, 300 negconstraint
-pairs, interleaved in one process; ``benchmarks/results/`` has the full runs): OpenVINO int8
-(bf16 between its int8 matmuls) 533 pairs/s > OpenVINO bf16 410 > OpenVINO int8 with f32
-elsewhere 388 > onnxruntime int8 243 > onnxruntime fp32 186 ≈ OpenVINO strict f32 224, every one
-of them within the parity gate (Spearman ≥ 0.99996 to the PyTorch reference). Hence, on CPU:
+pairs, interleaved in one process; ``benchmarks/results/int8-forms-20261124-1140.md``): OpenVINO int8 (bf16
+between its int8 matmuls) 548 pairs/s > OpenVINO bf16 426 > OpenVINO int8 with f32 between 401 >
+onnxruntime int8 358 > OpenVINO strict f32 248 ≈ onnxruntime fp32 233, every one of them within
+the parity gate (Spearman ≥ 0.99997 to the fp32 graph). ``cpu-peers-20261124-1134.md`` (each
+system in its own process) orders them the same way. Hence, on CPU:
 
 * precision: ``int8``, then ``bf16`` when the CPU has AVX512_BF16/AMX and OpenVINO is installed,
   then ``fp32`` — only among the artifact's precisions that passed its parity gate. (``int8``
   also leads on CPUs without BF16 or VNNI: its weights and matmuls are four times smaller.)
-* int8 on OpenVINO runs bf16 between its int8 matmuls (533 vs 388 pairs/s above) when the CPU
+* int8 on OpenVINO runs bf16 between its int8 matmuls (548 vs 401 pairs/s above) when the CPU
   has AVX512_BF16/AMX *and* the artifact's parity gate passed that form (``openvino+bf16`` in its
   int8 report; the export checks it on CPUs that can run it), else f32. On random-weight models,
   whose scores differ by hundredths, bf16 can fail the gate where int8 with f32 passes; then

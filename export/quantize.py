@@ -76,8 +76,9 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
     needs (residual adds, GeGLU and RoPE run in float): OpenVINO then kept those tensors in u8 and
     ran the GeGLU and RoPE as unfused elementwise chains (zero-point Subtract and Convert nodes,
     a quarter of the time). Measured on the distilled 17m, interleaved, same process (Zen 5, 2
-    threads, 300 negconstraint pairs): OpenVINO 283 → 349 pairs/s, onnxruntime 213 → 243, and
-    max |Δ|/score range 3.9e-3 → 3.0e-3.
+    threads, 300 negconstraint pairs, ``benchmarks/bench_int8_forms.py``, ``results/int8-forms-20261124-1140.md``):
+    OpenVINO 363 → 401 pairs/s (f32 between the int8 matmuls) and 448 → 548 (bf16), onnxruntime
+    315 → 358, max |Δ|/range 3.8e-3 → 3.0e-3.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
