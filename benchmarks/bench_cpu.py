@@ -455,6 +455,25 @@ def hardware_lines(environment: dict) -> list[str]:
     ]
 
 
+def run_environment(extra_packages: tuple[str, ...] = ()) -> dict:
+    """Hardware, package versions and load: what every result file records beside its numbers."""
+    return {"hardware": hardware_info(), "versions": package_versions(extra_packages),
+            "load_average_1m": os.getloadavg()[0]}
+
+
+def write_report(out: Path, prefix: str, title: str, command: str, environment: dict, rows: list[dict],
+                 body: list[str]) -> None:
+    """``<prefix>-<stamp>.json`` (rows + environment) and ``.md`` (title, command, hardware, ``body``); prints the markdown."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{prefix}-{stamp}.json").write_text(
+        json.dumps({"stamp": stamp, "environment": environment, "rows": rows}, indent=1))
+    lines = [f"# {title} — {stamp}", "", f"Command: `{command}`", "", *hardware_lines(environment),
+             load_line(environment), "", *body]
+    (out / f"{prefix}-{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def load_line(environment: dict) -> str:
     return (f"- 1-minute load average at start: {environment['load_average_1m']:.2f}"
             + (" — **the machine was busy; timings are unreliable**" if environment["load_average_1m"] > 0.5 else ""))

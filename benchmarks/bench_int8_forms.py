@@ -21,9 +21,6 @@ Peak memory is not measured here (one process); ``bench_cpu_peers.py`` measures 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
 import random
 import statistics
 import sys
@@ -158,26 +155,15 @@ def main() -> None:
                      "max_rel_delta": float(np.abs(got - reference).max() / score_range),
                      "spearman": float(spearmanr(got, reference).correlation),
                      "file_mb": sizes[form] / 1e6 if form in sizes else fp32_path.stat().st_size / 1e6})
-    env = {"hardware": bc.hardware_info(), "versions": bc.package_versions(("openvino",)),
-           "load_average_1m": os.getloadavg()[0]}
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"int8-forms-{stamp}.json").write_text(json.dumps({"stamp": stamp, "environment": env, "rows": rows},
-                                                             indent=1))
-    lines = [f"# int8 graph forms — {stamp}", "", "Command: `python benchmarks/bench_int8_forms.py`", "",
-             *bc.hardware_lines(env), bc.load_line(env), "",
-             f"Distilled 17m, {len(ids)} negconstraint pairs, max_length {bc.MAX_LENGTH}, {bc.THREADS} threads, "
-             f"one process, configurations interleaved; median of {args.rounds} rounds. Fidelity vs the fp32 graph "
-             "(OpenVINO, strict f32).", "",
-             "| graph | runtime | between int8 matmuls | pairs/s | file MB | max \\|Δ\\|/range | Spearman |",
-             "|---|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['form']} | {r['runtime']} | {r['between_int8_matmuls']} | {r['pairs_per_s']:.1f} | "
-                     f"{r['file_mb']:.1f} | {r['max_rel_delta']:.1e} | {r['spearman']:.5f} |")
-    (out / f"int8-forms-{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    body = [f"Distilled 17m, {len(ids)} negconstraint pairs, max_length {bc.MAX_LENGTH}, {bc.THREADS} threads, "
+            f"one process, configurations interleaved; median of {args.rounds} rounds. Fidelity vs the fp32 graph "
+            "(OpenVINO, strict f32).", "",
+            "| graph | runtime | between int8 matmuls | pairs/s | file MB | max \\|Δ\\|/range | Spearman |",
+            "|---|---|---|---:|---:|---:|---:|"]
+    body += [f"| {r['form']} | {r['runtime']} | {r['between_int8_matmuls']} | {r['pairs_per_s']:.1f} | "
+             f"{r['file_mb']:.1f} | {r['max_rel_delta']:.1e} | {r['spearman']:.5f} |" for r in rows]
+    bc.write_report(Path(args.out), "int8-forms", "int8 graph forms", "python benchmarks/bench_int8_forms.py",
+                    bc.run_environment(("openvino",)), rows, body)
 
 if __name__ == "__main__":
     main()

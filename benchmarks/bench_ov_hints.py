@@ -10,9 +10,7 @@ processes each. Backs the OpenVINO backend's defaults: LATENCY hint, int8 batch 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -70,28 +68,19 @@ def main() -> None:
                                    "--pairs", str(pairs_file), "--precision", precision, "--hint", hint,
                                    "--pad", str(pad)], capture_output=True, text=True, check=True)
             results[(precision, hint, pad)].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    env = {"hardware": bc.hardware_info(), "versions": bc.package_versions(("openvino",)),
-           "load_average_1m": os.getloadavg()[0]}
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
     rows = [{"precision": p, "hint": h, "pad_multiple": m, "runs": r,
              "pairs_per_s_median": statistics.median(x["pairs_per_s"] for x in r),
              "peak_rss_mib_median": statistics.median(x["peak_rss_mib"] for x in r)} for (p, h, m), r in results.items()]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"ov-hints-{stamp}.json").write_text(json.dumps({"stamp": stamp, "environment": env, "rows": rows}, indent=1))
-    lines = [f"# OpenVINO hint and int8 shape buckets — {stamp}", "", "Command: `python benchmarks/bench_ov_hints.py`",
-             "", *bc.hardware_lines(env), bc.load_line(env), "",
-             f"Distilled 17m, 300 negconstraint pairs, max_length {bc.MAX_LENGTH}, {bc.THREADS} threads; "
-             f"median over {args.runs} processes (3 passes each).", "",
-             "| precision | hint | batch width multiple | pairs/s | peak RSS MiB | per run (pairs/s) |",
-             "|---|---|---:|---:|---:|---|"]
+    body = [f"Distilled 17m, 300 negconstraint pairs, max_length {bc.MAX_LENGTH}, {bc.THREADS} threads; "
+            f"median over {args.runs} processes (3 passes each).", "",
+            "| precision | hint | batch width multiple | pairs/s | peak RSS MiB | per run (pairs/s) |",
+            "|---|---|---:|---:|---:|---|"]
     for row in rows:
         per_run = ", ".join(f"{x['pairs_per_s']:.0f}" for x in row["runs"])
-        lines.append(f"| {row['precision']} | {row['hint']} | {row['pad_multiple']} | {row['pairs_per_s_median']:.1f} | "
-                     f"{row['peak_rss_mib_median']:.0f} | {per_run} |")
-    (out / f"ov-hints-{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+        body.append(f"| {row['precision']} | {row['hint']} | {row['pad_multiple']} | {row['pairs_per_s_median']:.1f} | "
+                    f"{row['peak_rss_mib_median']:.0f} | {per_run} |")
+    bc.write_report(Path(args.out), "ov-hints", "OpenVINO hint and int8 shape buckets",
+                    "python benchmarks/bench_ov_hints.py", bc.run_environment(("openvino",)), rows, body)
 
 if __name__ == "__main__":
     main()

@@ -11,10 +11,11 @@ faster than fp32, and compiles Q/DQ int8 graphs natively. Three things matter:
   ``inference_precision``: ``f32`` by default here, ``bf16`` on request (CPUs with AVX512_BF16/AMX
   only), which is what OpenVINO itself does with int8 models on such CPUs. Measured on the
   distilled 17m (Zen 5, 2 threads, interleaved in one process, ``benchmarks/bench_int8_forms.py``,
-  ``results/int8-forms-20261124-1140.md``): int8 with f32 between 401 pairs/s, with bf16 between 548, bf16 alone 426;
-  Spearman to the fp32 graph 0.99997 either way. ``Reranker.from_pretrained`` asks for bf16 only where the artifact's parity gate passed
-  that form (``selection.choose_inference_precision``). :attr:`inference_precision` says which
-  one runs;
+  ``results/int8-forms-20261124-1140.md``): int8 with f32 between 401 pairs/s, with bf16
+  between 548, bf16 alone 426; Spearman to the fp32 graph 0.99997 either way.
+  ``Reranker.from_pretrained`` asks for bf16 only where the artifact's parity gate passed that
+  form (``selection.choose_inference_precision``). :attr:`inference_precision` says which one
+  runs;
 * **compile cache**: ``CACHE_DIR`` keeps the compiled blob on disk so the second start is fast;
 * **infer requests**: one compiled model, an ``InferRequest`` per calling thread (a request is
   not re-entrant), so concurrent ``predict`` calls are safe; with the ``THROUGHPUT`` hint
