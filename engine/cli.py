@@ -88,6 +88,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .artifact import load_artifact
     from .hardware import cpu_info
+    from .int8_check import gate_class
 
     artifact = load_artifact(args.artifact)
     m = artifact.manifest
@@ -111,13 +112,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
     cpu = cpu_info().summary()
     print(f"this CPU     {cpu['model']} ({cpu['logical_cores']} logical cores)")
     print(f"features     {' '.join(cpu['features']) or 'unknown'}")
+    print(f"int8 class   this CPU {cpu['int8_class']}; the parity gate ran on {gate_class(artifact) or 'an unrecorded class'}")
     print(f"auto here    {_auto_choice(artifact)}")
     return 0
 
 
 def _auto_choice(artifact) -> str:
-    """What ``precision="auto"``, ``backend="auto"`` load on this machine, in words."""
+    """What ``precision="auto"``, ``backend="auto"`` load on this machine, in words.
+
+    The rule alone answers, except for an int8 gated on another CPU class: then the Reranker is
+    loaded, which runs (or reads the cached verdict of) the int8 check and may fall back.
+    """
     from .errors import BackendUnavailableError
+    from .hardware import cpu_info
+    from .int8_check import gate_class
+    from .reranker import Reranker
     from .selection import choose_backend, choose_inference_precision, choose_precision
 
     try:
@@ -126,7 +135,13 @@ def _auto_choice(artifact) -> str:
     except BackendUnavailableError as exc:
         return f"nothing loadable: {exc}"
     between = choose_inference_precision(artifact, precision, backend)
-    return f"{precision} on {backend}" + (f" ({between} between the int8 matmuls)" if between else "")
+    check = ""
+    if precision == "int8" and gate_class(artifact) != cpu_info().int8_class:
+        loaded = Reranker.from_pretrained(artifact.directory, precision="auto", backend="auto")
+        precision, backend = loaded.precision, loaded.backend.name
+        between = getattr(loaded.backend, "inference_precision", None) if precision == "int8" else None
+        check = f"; {loaded.int8_check.describe()}"
+    return f"{precision} on {backend}" + (f" ({between} between the int8 matmuls)" if between else "") + check
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -1,8 +1,15 @@
 """What this CPU can do fast: the features that decide which precision and backend win.
 
 Why: the same artifact runs 4–8× faster in bf16/int8 on a CPU with AVX512_BF16/VNNI than on one
-without; ``precision="auto"`` and every benchmark record depend on knowing which it is.
-Linux reads ``/proc/cpuinfo``; elsewhere the feature set is empty and fp32 is chosen.
+without; ``precision="auto"`` and every benchmark record depend on knowing which it is. int8
+*results* depend on it too: without VNNI, x86 int8 kernels sum pairs of u8×s8 products in
+saturating 16-bit lanes (``vpmaddubsw``), with VNNI they do not; :attr:`CpuInfo.int8_class` names
+that arithmetic so an artifact can say which class its int8 parity gate ran on.
+
+The features are what ``/proc/cpuinfo`` lists, corrected by what CPUID tells this very process
+(numpy's dispatcher reads CPUID): the kernels of onnxruntime and OpenVINO dispatch on CPUID, and
+under an emulator or a restricted VM ``/proc/cpuinfo`` describes the host, not the CPU the code
+sees. Elsewhere than Linux the feature set is CPUID's alone.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 _INTERESTING = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                "amx_bf16", "amx_int8", "amx_tile", "neon", "asimd", "sve")
+                "amx_bf16", "amx_int8", "amx_tile", "neon", "asimd", "asimddp", "i8mm", "sve")
 
 
 @dataclass(frozen=True)
@@ -34,10 +41,65 @@ class CpuInfo:
     def has_avx512(self) -> bool:
         return "avx512f" in self.flags
 
+    @property
+    def int8_class(self) -> str:
+        """The int8 arithmetic the CPU's kernels use; int8 scores can differ between classes.
+
+        ``x86-avx2`` and ``x86-avx512`` multiply u8×s8 into saturating 16-bit pair sums;
+        ``x86-vnni`` (AVX512-VNNI or AVX-VNNI) and ``x86-amx`` accumulate in 32 bits; ARM's dot
+        product (``arm64-dotprod``, ``arm64-i8mm``) also accumulates in 32 bits.
+        """
+        f = self.flags
+        if {"neon", "asimd"} & f:
+            return "arm64-i8mm" if "i8mm" in f else "arm64-dotprod" if "asimddp" in f else "arm64-neon"
+        if "amx_int8" in f:
+            return "x86-amx"
+        if self.has_vnni:
+            return "x86-vnni"
+        if "avx512bw" in f:
+            return "x86-avx512"
+        if "avx2" in f:
+            return "x86-avx2"
+        return "x86-sse" if f else "unknown"
+
     def summary(self) -> dict:
         return {"model": self.model, "logical_cores": self.logical_cores,
                 "features": sorted(f for f in self.flags if f in _INTERESTING),
-                "vnni": self.has_vnni, "bf16": self.has_bf16, "avx512": self.has_avx512}
+                "vnni": self.has_vnni, "bf16": self.has_bf16, "avx512": self.has_avx512,
+                "int8_class": self.int8_class}
+
+
+# numpy's CPUID feature name → the /proc/cpuinfo flag it stands for
+_CPUID_TO_FLAG = {"AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
+                  "AVX512VL": "avx512vl", "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16",
+                  "ASIMD": "asimd", "ASIMDDP": "asimddp"}
+
+
+def cpuid_features() -> dict[str, bool]:
+    """CPU features as CPUID reports them to this process (numpy's dispatcher table); {} if unknown."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__  # numpy >= 2
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__  # numpy 1.x
+        except ImportError:
+            return {}
+    return dict(__cpu_features__)
+
+
+def reconcile_flags(flags: frozenset[str], cpuid: dict[str, bool]) -> frozenset[str]:
+    """``/proc/cpuinfo`` flags, corrected by CPUID where it knows the feature.
+
+    A feature CPUID denies is dropped (and without AVX-512 no AVX-512 or AMX flag survives: an
+    emulated or masked CPU); one CPUID reports is added.
+    """
+    out = set(flags)
+    for key, flag in _CPUID_TO_FLAG.items():
+        if key in cpuid:
+            (out.add if cpuid[key] else out.discard)(flag)
+    if cpuid.get("AVX512F") is False:
+        out = {f for f in out if not f.startswith(("avx512", "amx"))}
+    return frozenset(out)
 
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
@@ -61,6 +123,7 @@ def cpu_info() -> CpuInfo:
     except OSError:
         pass
     model, flags = parse_cpuinfo(text)
+    flags = reconcile_flags(flags, cpuid_features())
     return CpuInfo(model=model, flags=flags, logical_cores=os.cpu_count() or 1)
 
 

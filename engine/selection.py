@@ -48,14 +48,16 @@ def _passed(artifact: Artifact, precision: str) -> bool:
 
 
 def choose_precision(artifact: Artifact, requested: str, device: str, cpu: CpuInfo | None = None,
-                     is_installed=installed) -> str:
+                     is_installed=installed, exclude: tuple[str, ...] = ()) -> str:
+    """The precision to load; ``exclude`` drops precisions ``auto`` must not pick (an int8 that failed here)."""
     if requested != "auto":
         if requested not in artifact.precisions:
             raise BackendUnavailableError(
                 f"artifact has no {requested!r} graph (available: {artifact.precisions}); "
                 f"re-export with --precision {requested}")
         return requested
-    usable = [p for p in artifact.precisions if _passed(artifact, p)] or artifact.precisions
+    available = [p for p in artifact.precisions if p not in exclude] or ["fp32"]
+    usable = [p for p in available if _passed(artifact, p)] or available
     if device.startswith("cuda"):
         order = GPU_PRECISION_ORDER
     else:

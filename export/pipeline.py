@@ -183,6 +183,11 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
         raise ValueError(f"int8_method must be one of {INT8_METHODS}, got {int8_method!r}")
     if "bf16" in precisions and not installed("openvino"):
         raise ValueError("the bf16 precision runs on OpenVINO: pip install 'rerankrt[openvino]' to export it")
+    if "bf16" in precisions and not cpu_info().has_bf16:
+        # the gate verifies every precision it writes, and bf16 runs only on such CPUs
+        raise ValueError(f"bf16 runs only on CPUs with AVX512_BF16 or AMX and this one ({cpu_info().model}, "
+                         f"{cpu_info().int8_class}) has neither, so the export cannot verify it: export bf16 on "
+                         "such a machine, or leave it out (fp32 and int8 run everywhere)")
     output_dir = Path(output_dir)
     _prepare_output(output_dir, overwrite)
     started = time.perf_counter()
@@ -303,6 +308,8 @@ def _manifest(src: SourceModel, tok_spec: dict, graphs: dict, reports: dict, cal
         "tokenizer": tok_spec,
         "activation": src.activation,
         "graphs": graphs,
-        "parity": {"calibration": calibration_info, "results": reports, "allowed_failures": allowed_failures},
+        # the CPU class decides int8 arithmetic; the runtime re-checks int8 on any other (engine/int8_check.py)
+        "parity": {"calibration": calibration_info, "results": reports, "allowed_failures": allowed_failures,
+                   "cpu_class": cpu_info().int8_class},
         "export": {"versions": _versions(), "cpu": cpu_info().summary(), "seconds": round(seconds, 2)},
     }

@@ -65,7 +65,8 @@ class _BatchReader:
 
 
 def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batches: list[tuple],
-                         keep_fp32_layers: tuple[int, ...] = (0, -1), per_channel: bool = True) -> dict:
+                         keep_fp32_layers: tuple[int, ...] = (0, -1), per_channel: bool = True,
+                         reduce_range: bool = True) -> dict:
     """Calibrated static int8 in the Q/DQ format: one file onnxruntime, OpenVINO and TensorRT all read.
 
     Activation ranges come from the calibration batches (MinMax); weights are int8 per channel
@@ -86,12 +87,13 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
     nodes = select_nodes(model, num_layers, keep_fp32_layers)
     quantize_static(str(fp32_path), str(out_path), _BatchReader(batches), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                    nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
+                    reduce_range=reduce_range, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
                     calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
                                    "OpTypesToExcludeOutputQuantization": ["MatMul"]})
     return {"method": "onnxruntime.quantize_static (QDQ, MinMax calibration)", "weight_type": "int8",
-            "activation_type": "uint8", "per_channel": per_channel, "quantized_matmuls": len(nodes),
+            "activation_type": "uint8", "per_channel": per_channel,
+            "weight_bits": 7 if reduce_range else 8, "quantized_matmuls": len(nodes),
             "quantized_tensors": "MatMul inputs (outputs stay float)",
             "calibration_batches": len(batches),
             "fp32_layers": [k % num_layers for k in keep_fp32_layers] if num_layers else [], "head": "fp32"}

@@ -18,17 +18,37 @@ from conftest import DISTILLED, realistic_pairs
 ZEN5 = CpuInfo("AMD EPYC (Zen 5)", frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}), 2)
 ZEN2 = CpuInfo("AMD EPYC (Zen 2)", frozenset({"avx2", "fma"}), 2)
 openvino = pytest.importorskip("openvino", reason="openvino not installed")
+HAS_BF16 = cpu_info().has_bf16
+needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="the export verifies bf16 only on a CPU with AVX512_BF16 or "
+                                                     f"AMX; this one ({cpu_info().int8_class}) has neither")
 
 
 @pytest.fixture(scope="module")
 def cpu_artifact(work, tiny_model):
-    """fp32 + bf16 + static int8 (needs OpenVINO at export: bf16 is verified on it)."""
+    """fp32 + static int8, and bf16 where this CPU can verify it (OpenVINO at export)."""
     from rerankrt.export.pipeline import export
 
     from conftest import random_weight_tolerances
 
-    return export(str(tiny_model), work / "tiny-cpu-artifact", precisions=["fp32", "bf16", "int8"],
+    precisions = ["fp32", "bf16", "int8"] if HAS_BF16 else ["fp32", "int8"]
+    return export(str(tiny_model), work / "tiny-cpu-artifact", precisions=precisions,
                   tolerances=random_weight_tolerances(), log=None)
+
+
+@pytest.fixture
+def bf16_artifact(cpu_artifact, tmp_path):
+    """``cpu_artifact`` with a bf16 entry: the export's own on a BF16 CPU; elsewhere one written here
+    the way the export writes it (the fp32 file, OpenVINO, gate passed), so that the load-time rules
+    for bf16 are tested on every CPU."""
+    if HAS_BF16:
+        return cpu_artifact
+    copy = tmp_path / "with-bf16"
+    shutil.copytree(cpu_artifact, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["graphs"]["bf16"] = {**m["graphs"]["fp32"], "backends": ["openvino"], "inference_precision": "bf16"}
+    m["parity"]["results"]["bf16"] = {**m["parity"]["results"]["fp32"], "backend": "openvino", "passed": True}
+    (copy / "manifest.json").write_text(json.dumps(m))
+    return copy
 
 
 def _scores(artifact, precision, backend, pairs):
@@ -58,6 +78,7 @@ def test_qdq_int8_loads_and_agrees_in_both_backends(cpu_artifact):
     assert {"onnxruntime", "openvino"} <= set(m["parity"]["results"]["int8"]["by_backend"])
 
 
+@needs_bf16
 def test_bf16_shares_the_fp32_file_and_runs_on_openvino_only(cpu_artifact):
     m = load_artifact(cpu_artifact).manifest
     assert m["graphs"]["bf16"]["file"] == m["graphs"]["fp32"]["file"]
@@ -66,23 +87,33 @@ def test_bf16_shares_the_fp32_file_and_runs_on_openvino_only(cpu_artifact):
         Reranker.from_pretrained(cpu_artifact, precision="bf16", backend="onnxruntime")
 
 
-def test_bf16_is_refused_cleanly_on_a_cpu_without_it(cpu_artifact, monkeypatch):
+def test_bf16_is_refused_cleanly_on_a_cpu_without_it(bf16_artifact, monkeypatch):
     import rerankrt.engine.backends.openvino as ov_backend
 
     monkeypatch.setattr(ov_backend, "cpu_info", lambda: ZEN2)
     with pytest.raises(BackendUnavailableError, match="AVX512_BF16 or AMX"):
-        Reranker.from_pretrained(cpu_artifact, precision="bf16")
+        Reranker.from_pretrained(bf16_artifact, precision="bf16")
 
 
-def test_auto_precision_follows_the_cpu(cpu_artifact, tmp_path):
-    art = load_artifact(cpu_artifact)
+def test_bf16_export_is_refused_before_any_work_on_a_cpu_without_it(tiny_model, tmp_path, monkeypatch):
+    from rerankrt.export import pipeline
+
+    monkeypatch.setattr(pipeline, "cpu_info", lambda: ZEN2)
+    monkeypatch.setattr(pipeline, "read_source", lambda *a: pytest.fail("the export started working"))
+    with pytest.raises(ValueError, match="AVX512_BF16 or AMX.*cannot verify"):
+        pipeline.export(str(tiny_model), tmp_path / "out", precisions=["fp32", "bf16"], log=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_auto_precision_follows_the_cpu(bf16_artifact, tmp_path):
+    art = load_artifact(bf16_artifact)
     assert choose_precision(art, "auto", "cpu", cpu=ZEN5, is_installed=lambda b: True) == "int8"
     assert choose_precision(art, "auto", "cpu", cpu=ZEN2, is_installed=lambda b: True) == "int8"
     assert choose_precision(art, "auto", "cpu", cpu=ZEN5, is_installed=lambda b: b != "openvino") == "int8"
     assert choose_precision(art, "fp32", "cpu", cpu=ZEN5) == "fp32"
     # without a usable int8 graph: bf16 where the CPU and OpenVINO allow it, else fp32
     copy = tmp_path / "no-int8"
-    shutil.copytree(cpu_artifact, copy)
+    shutil.copytree(bf16_artifact, copy)
     m = json.loads((copy / "manifest.json").read_text())
     m["parity"]["results"]["int8"]["passed"] = False
     (copy / "manifest.json").write_text(json.dumps(m))
@@ -144,9 +175,9 @@ def test_openvino_int8_runs_bf16_between_its_matmuls_only_where_gated_and_suppor
                                  backend_options={"inference_precision": "bf16"})
 
 
-def test_auto_precision_skips_precisions_that_failed_the_gate(cpu_artifact, tmp_path):
+def test_auto_precision_skips_precisions_that_failed_the_gate(bf16_artifact, tmp_path):
     copy = tmp_path / "art"
-    shutil.copytree(cpu_artifact, copy)
+    shutil.copytree(bf16_artifact, copy)
     m = json.loads((copy / "manifest.json").read_text())
     m["parity"]["results"]["bf16"]["passed"] = False
     m["parity"]["results"]["int8"]["passed"] = False
@@ -176,15 +207,16 @@ def test_distilled_cpu_precisions_meet_the_fidelity_bar(work):
     from rerankrt.export.parity import spearman, top_k_agreement
     from rerankrt.export.pipeline import export
 
-    art = export(str(DISTILLED), work / "distilled-cpu", precisions=["fp32", "bf16", "int8"], log=None)
+    precisions = ["fp32", "bf16", "int8"] if HAS_BF16 else ["fp32", "int8"]
+    art = export(str(DISTILLED), work / "distilled-cpu", precisions=precisions, log=None)
     pairs = realistic_pairs(10, 30, seed=7)
     groups = [i // 30 for i in range(len(pairs))]
     ref = _scores(art, "fp32", "onnxruntime", pairs)
-    if cpu_info().has_bf16:  # int8 with bf16 between its matmuls passes the gate on a trained-like model
+    if HAS_BF16:  # int8 with bf16 between its matmuls passes the gate on a trained-like model
         assert load_artifact(art).manifest["parity"]["results"]["int8"]["by_backend"]["openvino+bf16"]["passed"]
     int8_f32 = {"inference_precision": "f32"}
-    for precision, backend, options in (("bf16", "openvino", {}), ("int8", "openvino", {}),
-                                        ("int8", "openvino", int8_f32), ("int8", "onnxruntime", {})):
+    runs = [("int8", "openvino", {}), ("int8", "openvino", int8_f32), ("int8", "onnxruntime", {})]
+    for precision, backend, options in [("bf16", "openvino", {})] * HAS_BF16 + runs:
         got = Reranker.from_pretrained(art, precision=precision, backend=backend, max_length=512,
                                        backend_options=options).predict(pairs)
         assert spearman(ref, got) >= 0.995, (precision, backend, options)

@@ -25,6 +25,7 @@ httpx = pytest.importorskip("httpx", reason="httpx (dev extra) not installed")
 uvicorn = pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 
 from rerankrt.engine import Reranker  # noqa: E402
+from rerankrt.engine.backends import BackendBase  # noqa: E402
 from rerankrt.engine.batching import BatchPolicy  # noqa: E402
 from rerankrt.engine.server import ServerConfig, create_app  # noqa: E402
 
@@ -63,7 +64,7 @@ class LiveServer:
         self.thread.join(60)
 
 
-class SlowBackend:
+class SlowBackend(BackendBase):
     """The real backend, slower by ``delay`` per batch, counting the rows it scores."""
 
     def __init__(self, inner, delay: float) -> None:

@@ -49,6 +49,7 @@ import openvino as ov
 
 from ..errors import ArtifactError, BackendUnavailableError
 from ..hardware import cpu_info, physical_cores
+from .base import BackendBase
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "fp16": "f32"}
 _INFERENCE_PRECISIONS = ("f32", "bf16")
@@ -60,7 +61,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "openvino"
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(BackendBase):
     name = "openvino"
 
     def __init__(self, model_path: Path, precision: str, device: str = "cpu", providers: list[str] | None = None,
@@ -76,6 +77,7 @@ class OpenVinoBackend:
         self.precision = precision
         self.inference_precision = self._inference_precision(precision, inference_precision)
         self.device = device
+        self.model_path = Path(model_path)
         self.pad_multiple = _PAD_MULTIPLE.get(precision, 1)
         core = ov.Core()
         if cache_dir is not False:  # False: no compile cache
@@ -105,6 +107,12 @@ class OpenVinoBackend:
             raise ArtifactError(f"{model_path} has inputs {sorted(names)}; expected input_ids and attention_mask",
                                 str(model_path))
         self._local = threading.local()
+        self.performance_hint = performance_hint
+        # several infer requests (THROUGHPUT streams) run batches at once: worth padding them all first
+        self.overlaps_batches = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) > 1
+
+    def describe(self) -> dict:
+        return {**super().describe(), "performance_hint": self.performance_hint}
 
     @staticmethod
     def _inference_precision(precision: str, requested: str | None) -> str:

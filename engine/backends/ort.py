@@ -13,6 +13,7 @@ import onnxruntime as ort
 
 from ..errors import ArtifactError, BackendUnavailableError
 from ..hardware import physical_cores
+from .base import BackendBase
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -35,13 +36,16 @@ def choose_providers(requested: list[str] | None, device: str = "cpu") -> list[s
     return ["CPUExecutionProvider"]
 
 
-class OrtBackend:
+class OrtBackend(BackendBase):
+    """onnxruntime: one session; no batch overlap (intra-op threads already use every core)."""
+
     name = "onnxruntime"
 
     def __init__(self, model_path: Path, precision: str, device: str = "cpu", providers: list[str] | None = None,
                  threads: int | None = None) -> None:
         self.precision = precision
         self.device = device
+        self.model_path = Path(model_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or physical_cores()
         options.inter_op_num_threads = 1
@@ -59,6 +63,9 @@ class OrtBackend:
             raise ArtifactError(f"{model_path} has inputs {sorted(names)}; expected input_ids and attention_mask",
                                 str(model_path))
         self._output = self.session.get_outputs()[0].name
+
+    def describe(self) -> dict:
+        return {**super().describe(), "providers": self.session.get_providers()}
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         out = self.session.run([self._output], {"input_ids": input_ids, "attention_mask": attention_mask})[0]

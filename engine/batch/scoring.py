@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..reranker import Reranker, resolve_activation
+from ..reranker import Reranker
+from ..scoring import Encoded, activate
 
 
 @dataclass
@@ -25,17 +26,15 @@ class ChunkScores:
     truncated: int
 
 
-def tokenize_pairs(reranker: Reranker, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], np.ndarray]:
-    return reranker.tokenizer.encode_with_truncation(pairs)
+def tokenize_pairs(reranker: Reranker, pairs: list[tuple[str, str]]) -> Encoded:
+    return reranker.encode(pairs)
 
 
-def infer_tokens(reranker: Reranker, tokenized: tuple[list[list[int]], np.ndarray],
-                 activation: str | None) -> ChunkScores:
-    token_ids, truncated = tokenized
-    logits = reranker.logits_for_token_ids(token_ids)
-    scores = resolve_activation(activation, reranker.activation)(logits)
-    scores = scores[:, 0] if reranker.num_labels == 1 else scores
-    return ChunkScores(np.asarray(scores, dtype=np.float32), sum(len(t) for t in token_ids), int(truncated.sum()))
+def infer_tokens(reranker: Reranker, encoded: Encoded, activation: str | None) -> ChunkScores:
+    """The scoring core's second and third steps on one chunk: ids → logits → scores."""
+    logits = reranker.logits_for_token_ids(encoded.token_ids)
+    scores = activate(logits, activation, reranker.activation)
+    return ChunkScores(scores, encoded.tokens, int(encoded.truncated.sum()))
 
 
 def score_pairs(reranker: Reranker, pairs: list[tuple[str, str]], activation: str | None) -> ChunkScores:

@@ -26,7 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..reranker import Reranker, sigmoid
+from ..reranker import Reranker
+from ..scoring import activate, rank_order
 from .config import ServerConfig
 from .metrics import ServerMetrics
 from .middleware import BodyLimitAndMetrics
@@ -61,9 +62,14 @@ class Scored:
     """One request's result before it is shaped for an API."""
 
     model: str
-    logits: np.ndarray  # [n] raw logits, input order
+    reranker: Reranker
+    logits: np.ndarray  # [n, labels] raw logits, input order
     tokens: int
     truncated: int
+
+    def scores(self, raw: bool) -> np.ndarray:
+        """``[n]`` raw logits, or the rerank APIs' relevance scores in [0, 1] (sigmoid)."""
+        return activate(self.logits[:, :1], "raw" if raw else "sigmoid", self.reranker.activation)
 
 
 @dataclass
@@ -83,9 +89,8 @@ class ServerState:
         """Warm every model (first-call kernel compilation is not a client's latency), then open the queues."""
         for name, reranker in self.models.items():
             reranker.predict([("warm up", "a short document"), ("warm up " * 20, "a longer document " * 60)])
-            self.schedulers[name] = BatchScheduler(
-                reranker.backend, reranker.num_labels, reranker.tokenizer.pad_id, reranker.policy,
-                max_wait_s=self.config.max_wait_ms / 1000, window_tokens=self.config.window_tokens,
+            self.schedulers[name] = BatchScheduler.for_reranker(
+                reranker, max_wait_s=self.config.max_wait_ms / 1000, window_tokens=self.config.window_tokens,
                 max_queued_rows=self.config.max_queued_pairs, stats=self.metrics.scheduler_stats(name), name=name)
         self.ready = True
         log.info("ready: %s", ", ".join(f"{n} ({r.backend.name} {r.precision})" for n, r in self.models.items()))
@@ -124,8 +129,8 @@ class ServerState:
         name, reranker = self.pick(name)
         self.check_limits(query, documents)
         started = time.perf_counter()
-        token_ids, truncated = await run_in_threadpool(
-            reranker.tokenizer.encode_with_truncation, [(query, d) for d in documents])
+        encoded = await run_in_threadpool(reranker.encode, [(query, d) for d in documents])
+        token_ids, truncated = encoded.token_ids, encoded.truncated
         self.metrics.tokenize_time.labels(name).observe(time.perf_counter() - started)
         if not truncate and truncated.any():
             first = int(np.argmax(truncated))
@@ -140,10 +145,10 @@ class ServerState:
         except SchedulerStoppedError as exc:
             raise ApiError(503, "shutting_down", str(exc), headers={"Retry-After": "1"}) from None
         logits = await self._await_job(request, job)
-        tokens = sum(len(t) for t in token_ids)
+        tokens = encoded.tokens
         self.metrics.pairs.labels(name).inc(len(token_ids))
         self.metrics.input_tokens.labels(name).inc(tokens)
-        return Scored(name, logits[:, 0], tokens, int(truncated.sum()))
+        return Scored(name, reranker, logits, tokens, int(truncated.sum()))
 
     async def _await_job(self, request: Request, job) -> np.ndarray:
         """The job's logits; cancels its pending pairs on timeout or when the client disconnects."""
@@ -241,10 +246,9 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
     async def rerank_v1(body: RerankRequest, request: Request) -> JSONResponse:
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         scored = await state.score(request, "/v1/rerank", body.model, body.query, texts, truncate=True)
-        scores = scored.logits if body.raw_scores else sigmoid(scored.logits)
-        order = np.argsort(-scores, kind="stable")[:body.top_n]
+        scores = scored.scores(body.raw_scores)
         results = []
-        for i in order:
+        for i in rank_order(scores, body.top_n):
             item = {"index": int(i), "relevance_score": float(scores[i])}
             if body.return_documents:
                 doc = body.documents[i]
@@ -260,10 +264,9 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
     async def rerank_tei(body: TeiRerankRequest, request: Request) -> JSONResponse:
         truncate = config.auto_truncate if body.truncate is None else body.truncate
         scored = await state.score(request, "/rerank", body.model, body.query, body.texts, truncate=truncate)
-        scores = scored.logits if body.raw_scores else sigmoid(scored.logits)
-        order = np.argsort(-scores, kind="stable")
+        scores = scored.scores(body.raw_scores)
         out = []
-        for i in order:
+        for i in rank_order(scores):
             item = {"index": int(i), "score": float(scores[i])}
             if body.return_text:
                 item["text"] = body.texts[i]

@@ -6,7 +6,9 @@ inference's queue, every request's token ids go into one FIFO queue; a single wo
 model takes a *window* of queued rows (up to ``window_tokens``, requests split across windows
 when large), sorts the window by length, cuts it into the same token-budget batches as
 :meth:`Reranker.predict` and runs them, handing each request its own logits in its own order the
-moment its last row is scored.
+moment its last row is scored. Planning, padding and running are the scoring core's
+(``scoring.iter_batch_logits``, the same steps as ``predict``); this module owns only what is the
+server's: windows across requests, cancellation, the bounded queue and its retry hint.
 
 * inference never runs on the event loop: the worker is a thread, the loop only awaits a future;
 * the window is large (32 × the batch token budget, 65,536 tokens on CPU): the more rows are
@@ -33,8 +35,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..batching import BatchPolicy, pad_batch, plan_batches
+from ..backends import Backend
+from ..batching import BatchPolicy
 from ..errors import RerankrtError
+from ..scoring import iter_batch_logits
 
 
 class QueueFullError(RerankrtError):
@@ -91,7 +95,7 @@ def _settle(future: Future, result: np.ndarray | None = None, error: BaseExcepti
 class BatchScheduler:
     """One worker thread per model; thread-safe :meth:`submit` from any thread."""
 
-    def __init__(self, backend, num_labels: int, pad_id: int, policy: BatchPolicy, *,
+    def __init__(self, backend: Backend, num_labels: int, pad_id: int, policy: BatchPolicy, *,
                  max_wait_s: float = 0.002, window_tokens: int | None = None, max_queued_rows: int = 40_000,
                  stats: SchedulerStats | None = None, name: str = "model") -> None:
         self.backend = backend
@@ -111,6 +115,12 @@ class BatchScheduler:
         self._tokens_per_s = 0.0  # moving average of the worker's rate, for Retry-After
         self._thread = threading.Thread(target=self._loop, name=f"rerankrt-batcher-{name}", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def for_reranker(cls, reranker, **kwargs) -> BatchScheduler:
+        """A scheduler over ``reranker``'s backend, with its batch policy and padding."""
+        return cls(reranker.backend, reranker.num_labels, reranker.tokenizer.pad_id, reranker.policy,
+                   name=kwargs.pop("name", "model"), **kwargs)
 
     # -- producer side -------------------------------------------------------------------------
     def submit(self, token_ids: list[list[int]]) -> Job:
@@ -212,29 +222,25 @@ class BatchScheduler:
                 self._run_window(window)
 
     def _run_window(self, window: list[tuple[Job, int]]) -> None:
+        """Score one window through the scoring core; rows of requests cancelled meanwhile are skipped."""
         rows = [job.token_ids[row] for job, row in window]
-        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-        for indices in plan_batches(lengths, self.policy):
-            live = [i for i in indices if not window[i][0].cancelled]
-            if not live:
+
+        def live(indices: np.ndarray) -> np.ndarray:
+            return np.asarray([i for i in indices if not window[i][0].cancelled], dtype=np.int64)
+
+        for result in iter_batch_logits(self.backend, rows, self.policy, self.pad_id, keep=live, catch_errors=True):
+            if result.error is not None:  # fail the requests in this batch, keep serving
+                for i in result.indices:
+                    _settle(window[i][0].future, error=result.error)
                 continue
-            batch = pad_batch(rows, np.asarray(live), self.pad_id, self.policy.pad_to_multiple_of)
-            started = time.perf_counter()
-            try:
-                out = self.backend.run(batch.input_ids, batch.attention_mask)
-            except Exception as exc:  # noqa: BLE001 - fail the requests in this batch, keep serving
-                for i in live:
-                    _settle(window[i][0].future, error=exc)
-                continue
-            seconds = time.perf_counter() - started
-            padded = int(batch.input_ids.size)
-            rate = padded / seconds if seconds > 0 else 0.0
+            seconds = result.seconds
+            rate = result.padded_tokens / seconds if seconds > 0 else 0.0
             self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
             if self.stats.on_batch:
-                self.stats.on_batch(len(live), padded, seconds)
-            for k, i in enumerate(live):
+                self.stats.on_batch(len(result.indices), result.padded_tokens, seconds)
+            for k, i in enumerate(result.indices):
                 job, row = window[i]
-                job.logits[row] = out[k]
+                job.logits[row] = result.logits[k]
                 job.remaining -= 1
                 if job.remaining == 0:
                     _settle(job.future, job.logits)

@@ -1,0 +1,66 @@
+"""The backend contract: what every runtime (onnxruntime, OpenVINO, …) offers the scoring core.
+
+Why written down: the scoring core, the server and the export's parity gate call backends
+without knowing which one runs; what a backend can do (overlap batches, wants padded widths
+rounded, which precision runs between quantized ops) is *declared* here, the way
+text-embeddings-inference's ``Backend`` trait declares it, not discovered with ``getattr``.
+
+A backend is constructed as ``Backend(model_path, precision, device="cpu", providers=None,
+threads=None, **options)``; options it does not know raise ``TypeError``. Implementations
+subclass :class:`BackendBase` for the defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Scores padded batches. Implementations must be safe to call from several threads."""
+
+    name: str  # registry name: "onnxruntime", "openvino"
+    device: str  # "cpu", "cuda", "cuda:1"
+    precision: str  # the artifact precision whose graph it runs
+    pad_multiple: int  # round padded widths up to this (shape-compiling backends); 1 = no rounding
+    inference_precision: str | None  # what runs between quantized ops (OpenVINO "f32"/"bf16"); None = the graph's
+    overlaps_batches: bool  # run_many runs several batches at once (worth padding them all first)
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """``int64 [B, S]`` ids and mask → ``float32 [B, num_labels]`` logits."""
+        ...
+
+    def run_many(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Every batch's logits, in batch order."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What runs, for logs, ``/info`` and benchmark records."""
+        ...
+
+
+class BackendBase:
+    """Defaults of the contract: no rounding, no overlap, ``run_many`` as a loop over ``run``."""
+
+    name = "base"
+    device = "cpu"
+    precision = "fp32"
+    pad_multiple = 1
+    inference_precision: str | None = None
+    overlaps_batches = False
+    model_path: Path | None = None
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def run_many(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        return [self.run(input_ids, attention_mask) for input_ids, attention_mask in batches]
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "device": self.device, "precision": self.precision,
+                "inference_precision": self.inference_precision, "pad_multiple": self.pad_multiple,
+                "overlaps_batches": self.overlaps_batches,
+                "file": self.model_path.name if self.model_path is not None else None}
