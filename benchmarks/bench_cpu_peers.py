@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 
-SCRIPT_START = time.time()  # see bench_cpu.SCRIPT_START: launch vs loading in the cold start
+SCRIPT_START = time.time()  # see common.SCRIPT_START: launch vs loading in the cold start
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -42,17 +42,16 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_cpu as bc  # noqa: E402  (stdlib + numpy only at import time)
+import common  # noqa: E402
+from common import say  # noqa: E402
 
-TAG = "bench_cpu_peers"
-THREADS = bc.THREADS
-MAX_LENGTH = bc.MAX_LENGTH
-DISTILLED_NAME = bc.DISTILLED_NAME
+THREADS = common.THREADS
+MAX_LENGTH = common.MAX_LENGTH
+DISTILLED_NAME = common.DISTILLED_NAME
 DEFAULT_MODELS = "17m,68m"
 DEFAULT_PAIRS_LIMIT = 300
 WORKLOADS = ("negconstraint", "scifact")
-PEAK_SHAPE = bc.PEAK_SHAPE
+PEAK_SHAPE = common.PEAK_SHAPE
 PEAK_RUNS = 30
 STRICT_FP32_REL_DELTA = 1e-4  # strict fp32: max |Δ| ≤ 1e-4 of st's score range
 FIDELITY_SPEARMAN, FIDELITY_TOP10 = 0.995, 0.95
@@ -84,7 +83,8 @@ SYSTEMS = (
            "plain `torch.onnx.export` (opset 17) + onnxruntime"),
     System("plain-ort-int8dyn", "plain", "onnxruntime", "int8", "plain-int8-dynamic",
            "plain export + `quantize_dynamic(weight_type=QInt8)` (defaults) + onnxruntime"),
-    System("plain-ov-f32", "plain", "openvino", "fp32", "plain", "OpenVINO on the plain export, INFERENCE_PRECISION_HINT f32"),
+    System("plain-ov-f32", "plain", "openvino", "fp32", "plain",
+           "OpenVINO on the plain export, INFERENCE_PRECISION_HINT f32"),
     System("plain-ov-default", "plain", "openvino", "default", "plain",
            "OpenVINO on the plain export, default precision (bf16 on BF16 CPUs)"),
     System("plain-ov-nncf-int8", "plain", "openvino", "int8", "plain-nncf-int8",
@@ -103,10 +103,6 @@ SYSTEMS = (
 BY_NAME = {s.name: s for s in SYSTEMS}
 OV_COUNTERPART = {"rerankrt-ov-fp32": "plain-ov-f32", "rerankrt-ov-bf16": "plain-ov-default",
                   "rerankrt-ov-int8": "plain-ov-nncf-int8"}
-
-
-def say(message: str) -> None:
-    bc.say(message, TAG)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,9 +140,7 @@ def peer_reranker(artifact_dir: Path, backend):
     from rerankrt.engine.tokenize import PairTokenizer
 
     artifact = load_artifact(artifact_dir)
-    spec = artifact.tokenizer_spec
-    tokenizer = PairTokenizer(artifact.tokenizer_path, MAX_LENGTH, spec["pad_id"], spec["cls_id"], spec["sep_id"],
-                              artifact.manifest["architecture"].get("vocab_size"))
+    tokenizer = PairTokenizer.for_artifact(artifact, MAX_LENGTH)
     # the same policy Reranker.from_pretrained gives on CPU (each row records its policy, to check)
     return Reranker(artifact, backend, tokenizer, BatchPolicy(token_budget=2048, max_batch_size=256))
 
@@ -166,7 +160,7 @@ def openvino_details(compiled) -> dict:
 def load_system(system: System, model_dir: Path, artifact_dir: Path, plain_dir: Path):
     """``(predict, rank, describe)``; imports happen here so each worker pays only for its own stack."""
     if system.family == "st":
-        predict, rank = bc.load_scorer("st", model_dir, artifact_dir)
+        predict, rank = common.load_scorer("st", model_dir, artifact_dir)
         return predict, rank, dict
     if system.family == "rerankrt":
         from rerankrt.engine import Reranker
@@ -200,29 +194,30 @@ def load_system(system: System, model_dir: Path, artifact_dir: Path, plain_dir: 
 def worker_main(args: argparse.Namespace) -> None:
     system = BY_NAME[args.system]
     try:
-        pairs, groups = bc.read_pairs(args.pairs)
+        pairs, groups = common.read_pairs(args.pairs)
         predict, rank, describe = load_system(system, args.model_dir, args.artifact, args.plain_dir)
         if args.start_only:  # the second start of a cached backend: load, score one pair, leave
             predict(pairs[:1], None)
             measured = {"cold_start_s": time.time() - args.spawn_time, "launch_s": SCRIPT_START - args.spawn_time,
-                        "peak_rss_mib": bc.peak_rss_mib()}
+                        "peak_rss_mib": common.peak_rss_mib()}
             scores = None
         else:
-            measured, scores = bc.measure_scorer(predict, rank, pairs, groups, args.passes, args.latency_calls,
+            measured, scores = common.measure_scorer(predict, rank, pairs, groups, args.passes, args.latency_calls,
                                                  args.spawn_time,
-                                                 batch_sizes=bc.ST_BATCH_SIZES if system.family == "st" else ())
+                                                 batch_sizes=common.ST_BATCH_SIZES if system.family == "st" else ())
         result = {"system": system.name, **measured, **describe()}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - benchmark worker: any failure is reported as this system's error row
         message = (str(exc).splitlines() or [""])[0]
-        bc.write_worker_output(args.out_prefix, {"system": system.name, "error": f"{type(exc).__name__}: {message}"},
-                               None)
+        common.write_worker_output(args.out_prefix,
+                                   {"system": system.name, "error": f"{type(exc).__name__}: {message}"}, None)
         traceback.print_exc()
         raise SystemExit(1) from None
-    bc.write_worker_output(args.out_prefix, result, scores)
+    common.write_worker_output(args.out_prefix, result, scores)
     if args.start_only:
         say(f"  {system.name} (second start): {result['cold_start_s']:.2f} s")
     else:
-        say(f"  {system.name}: {result['pairs_per_s']:.1f} pairs/s, rank p50 {result['rank_latency_ms']['p50']:.1f} ms, "
+        say(f"  {system.name}: {result['pairs_per_s']:.1f} pairs/s, "
+            f"rank p50 {result['rank_latency_ms']['p50']:.1f} ms, "
             f"RSS {result['peak_rss_mib']:.0f} MiB, cold start {result['cold_start_s']:.2f} s")
 
 
@@ -232,7 +227,7 @@ def worker_main(args: argparse.Namespace) -> None:
 def _median_seconds(fn, runs: int) -> float:
     for _ in range(3):
         fn()
-    return statistics.median(bc.timed(fn)[0] for _ in range(runs))
+    return statistics.median(common.timed(fn)[0] for _ in range(runs))
 
 
 def measure_openvino_peaks(has_bf16: bool, threads: int = THREADS, runs: int = PEAK_RUNS) -> dict:
@@ -276,7 +271,7 @@ def measure_openvino_peaks(has_bf16: bool, threads: int = THREADS, runs: int = P
 
 def machine_peaks(has_bf16: bool, with_openvino: bool) -> dict:
     """Per precision, the best measured matmul rate (GFLOP/s or GOPS) and where it came from."""
-    ort_fp32 = bc.measure_matmul_peak(THREADS, runs=PEAK_RUNS)
+    ort_fp32 = common.measure_matmul_peak(THREADS, runs=PEAK_RUNS)
     peaks = {"fp32": {"gops": ort_fp32["gflops"], "runtime": "onnxruntime", "onnxruntime_gflops": ort_fp32["gflops"]}}
     if with_openvino:
         ov_peaks = measure_openvino_peaks(has_bf16)
@@ -290,7 +285,7 @@ def machine_peaks(has_bf16: bool, with_openvino: bool) -> dict:
             "onnxruntime_fp32": ort_fp32}
 
 
-def calibration_items(model: bc.Model) -> list[dict[str, np.ndarray]]:
+def calibration_items(model: common.Model) -> list[dict[str, np.ndarray]]:
     """rerankrt's builtin calibration pairs, tokenized by the artifact's tokenizer, in padded batches
     (token budget 4096, as the export's own calibration): the same data rerankrt's static int8 sees."""
     from rerankrt.engine.artifact import load_artifact
@@ -299,8 +294,7 @@ def calibration_items(model: bc.Model) -> list[dict[str, np.ndarray]]:
     from rerankrt.export.calibration import builtin_pairs
 
     artifact = load_artifact(model.artifact_dir)
-    spec = artifact.tokenizer_spec
-    tokenizer = PairTokenizer(artifact.tokenizer_path, MAX_LENGTH, spec["pad_id"], spec["cls_id"], spec["sep_id"])
+    tokenizer = PairTokenizer.for_artifact(artifact, MAX_LENGTH)
     ids = tokenizer.encode(builtin_pairs())
     lengths = np.array([len(t) for t in ids])
     batches = [pad_batch(ids, idx, tokenizer.pad_id) for idx in plan_batches(lengths, BatchPolicy(token_budget=4096))]
@@ -314,7 +308,7 @@ def _stale(path: Path, source_dir: Path, force: bool) -> bool:
     return path.stat().st_mtime < newest_source
 
 
-def prepare_plain(model: bc.Model, work: Path, needed: set[str], force: bool) -> Path:
+def prepare_plain(model: common.Model, work: Path, needed: set[str], force: bool) -> Path:
     """The peers' graphs for ``model``, built once and cached: the plain export and its two int8s."""
     out = work / "peers" / model.name
     out.mkdir(parents=True, exist_ok=True)
@@ -374,20 +368,20 @@ def run_label(system: System, result: dict) -> str:
     return system.precision
 
 
-def int8_method(model: bc.Model) -> str | None:
+def int8_method(model: common.Model) -> str | None:
     manifest = json.loads((model.artifact_dir / "manifest.json").read_text(encoding="utf-8"))
     return (manifest["graphs"].get("int8") or {}).get("method")
 
 
-def measure_group(model: bc.Model, workload: bc.Workload, systems: list[System], plain_dir: Path, run_dir: Path,
+def measure_group(model: common.Model, workload: common.Workload, systems: list[System], plain_dir: Path, run_dir: Path,
                   passes: int, latency_calls: int, environment: dict) -> list[dict]:
     """Every system on one model × workload; st first, because every other row is compared with it."""
     n_queries = workload.n_queries(model.pairs_limit)
     pairs_file = workload.write_pairs(run_dir / f"pairs-{workload.name}-q{n_queries}.jsonl", n_queries)
-    pairs, groups = bc.read_pairs(pairs_file)
+    pairs, groups = common.read_pairs(pairs_file)
     config = json.loads((model.source_dir / "config.json").read_text(encoding="utf-8"))
-    lengths = bc.token_lengths(model, pairs)
-    flops = bc.estimate_flops(config, lengths)
+    lengths = common.token_lengths(model, pairs)
+    flops = common.estimate_flops(config, lengths)
     say(f"{model.name} × {workload.name}: {len(pairs)} pairs ({n_queries} queries × {len(workload.documents)} docs), "
         f"mean {lengths.mean():.0f} tokens")
     peaks = environment["matmul_peaks"]["by_precision"]
@@ -410,9 +404,9 @@ def measure_group(model: bc.Model, workload: bc.Workload, systems: list[System],
                "docs_per_query": len(workload.documents), "tokens_total": int(lengths.sum()),
                "tokens_mean": float(lengths.mean())}
         try:
-            result = bc.spawn_worker(Path(__file__), worker_args, prefix, env)
+            result = common.spawn_worker(Path(__file__), worker_args, prefix, env)
             if cached:
-                warm = bc.spawn_worker(Path(__file__), [*worker_args, "--start-only"],
+                warm = common.spawn_worker(Path(__file__), [*worker_args, "--start-only"],
                                        prefix.with_name(prefix.name + "-second-start"), env)
                 result["second_start_s"] = warm["cold_start_s"]
                 result["second_start_peak_rss_mib"] = warm["peak_rss_mib"]
@@ -440,7 +434,7 @@ def measure_group(model: bc.Model, workload: bc.Workload, systems: list[System],
             ref_scores, ref_result = reference
             row["speedup_vs_st"] = result["pairs_per_s"] / ref_result["pairs_per_s"]
             row["rss_ratio_vs_st"] = result["peak_rss_mib"] / ref_result["peak_rss_mib"]
-            row["agreement_vs_st"] = bc.agreement(ref_scores, scores, groups)
+            row["agreement_vs_st"] = common.agreement(ref_scores, scores, groups)
         row["environment"] = environment
         rows.append(row)
     return rows
@@ -507,7 +501,8 @@ def compute_targets(rows: list[dict], fidelity_model: str, start_model: str) -> 
 
         if model == fidelity_model:
             ours = _fastest([r for r in group if r["family"] == "rerankrt" and _faithful(r)])
-            peer = _fastest([r for r in group if r["family"] == "plain" and r["runtime"] == "openvino" and _faithful(r)])
+            peer = _fastest([r for r in group
+                             if r["family"] == "plain" and r["runtime"] == "openvino" and _faithful(r)])
             ratio = ours["pairs_per_s"] / peer["pairs_per_s"] if ours and peer else None
             targets.append({"target": "fastest faithful rerankrt vs fastest faithful OpenVINO peer", "model": model,
                             "workload": workload, "ours": ours and ours["system"], "peer": peer and peer["system"],
@@ -543,7 +538,7 @@ def compute_targets(rows: list[dict], fidelity_model: str, start_model: str) -> 
 
 
 def fmt(value, spec: str) -> str:
-    return bc.fmt(value, spec)
+    return common.fmt(value, spec)
 
 
 def markdown_summary(rows: list[dict], targets: list[dict], systems: list[System], environment: dict,
@@ -568,10 +563,10 @@ def markdown_summary(rows: list[dict], targets: list[dict], systems: list[System
         f"# CPU peers benchmark — {environment['date']}", "",
         f"Command: `{command}`", "",
         "## Hardware", "",
-        *bc.hardware_lines(environment),
+        *common.hardware_lines(environment),
         f"- matmul peaks, [{m}×{k}]·[{k}×{n}] with constant weights, {peaks['threads']} threads, median of "
         f"{peaks['runs']}: " + " · ".join(peak_parts),
-        bc.load_line(environment),
+        common.load_line(environment),
         f"- {versions}", "",
         "## Systems", "",
         *[f"- `{s.name}`: {s.description}" for s in systems], "",
@@ -637,7 +632,7 @@ def markdown_summary(rows: list[dict], targets: list[dict], systems: list[System
         f"per-query top-10 agreement. Random-weight fixtures squeeze the scores together, which exaggerates "
         f"reduced-precision error; judge bf16/int8 fidelity on `{environment['fidelity_model']}`.",
         "- `runs in`: what OpenVINO resolved (`INFERENCE_PRECISION_HINT` of the compiled model); int8 rows list the "
-        "precision of their non-quantized parts. % peak divides the analytic GFLOP estimate (bench_cpu."
+        "precision of their non-quantized parts. % peak divides the analytic GFLOP estimate (common."
         "estimate_flops) by the time and by the matmul peak of the row's precision: fp32 rows by the fp32 peak "
         "(the better of onnxruntime and OpenVINO), bf16 rows (OpenVINO's default on a BF16 CPU included) by the "
         "bf16 peak, int8 rows by the int8 peak; int8 rows keep some matmuls in fp32/bf16, so their % is a floor.",
@@ -689,17 +684,11 @@ def choose_systems(requested: list[str], has_bf16: bool) -> tuple[list[System], 
 
 def driver_main(args: argparse.Namespace) -> None:
     from rerankrt.engine.hardware import cpu_info
-    from rerankrt.export.fixtures import ETTIN_SHAPES
 
-    names = ["tiny"] if args.smoke else list(dict.fromkeys(args.models.split(",")))
-    if not args.smoke and not args.no_distilled and DISTILLED_NAME not in names:
-        names.append(DISTILLED_NAME)
+    names = common.model_names(args.models, args.smoke, not args.no_distilled)
     requested, workload_names = args.systems.split(","), args.workloads.split(",")
-    for label, chosen, known in (("model", names, [*ETTIN_SHAPES, DISTILLED_NAME]),
-                                 ("system", requested, list(BY_NAME)), ("workload", workload_names, WORKLOADS)):
-        unknown = [c for c in chosen if c not in known]
-        if unknown:
-            raise SystemExit(f"unknown {label}(s) {unknown}; choose from {list(known)}")
+    common.refuse_unknown({"model": (names, common.MODEL_NAMES), "system": (requested, list(BY_NAME)),
+                           "workload": (workload_names, list(WORKLOADS))})
     has_bf16 = cpu_info().has_bf16
     systems, skipped, bf16_export = choose_systems(requested, has_bf16)
     for name, why in skipped.items():
@@ -724,19 +713,19 @@ def driver_main(args: argparse.Namespace) -> None:
     say(f"measuring the matmul peaks ({THREADS} threads): fp32 (onnxruntime"
         + (", OpenVINO), bf16 (OpenVINO), int8 (OpenVINO + NNCF)" if has_ov else ")"))
     environment = {"run_id": run_id, "date": time.strftime("%Y-%m-%dT%H:%M"), "load_average_1m": load,
-                   "hardware": bc.hardware_info(), "versions": bc.package_versions(("openvino", "nncf")),
+                   "hardware": common.hardware_info(), "versions": common.package_versions(("openvino", "nncf")),
                    "matmul_peaks": machine_peaks(has_bf16, has_ov), "threads": THREADS, "max_length": MAX_LENGTH,
                    "smoke": args.smoke, "skipped": skipped, "fidelity_model": fidelity_model,
                    "start_model": start_model}
     say("peaks: " + ", ".join(f"{p} {v['gops']:.0f}" for p, v in environment["matmul_peaks"]["by_precision"].items()))
 
     precisions = ("fp32", "bf16", "int8") if bf16_export else ("fp32", "int8")
-    models = [bc.prepare_model(name, work, args.pairs_limit, precisions, args.reexport, TAG) for name in names]
+    models = [common.prepare_model(name, work, args.pairs_limit, precisions, args.reexport) for name in names]
     needed = {s.graph for s in systems if s.family == "plain"}
     needed |= {"plain"} if needed else set()
     plain_dirs = {model.name: prepare_plain(model, work, needed, args.reexport) for model in models}
-    workloads = (bc.load_workloads(workload_names, 2, 10, 10) if args.smoke
-                 else bc.load_workloads(workload_names, 10, 100, 30))
+    workloads = (common.load_workloads(workload_names, 2, 10, 10) if args.smoke
+                 else common.load_workloads(workload_names, 10, 100, 30))
     passes, latency_calls = (1, 2) if args.smoke else (3, 10)
     environment["systems"] = [s.name for s in systems]
 
@@ -756,55 +745,32 @@ def driver_main(args: argparse.Namespace) -> None:
         fh.write(json.dumps({"record": "targets", "run_id": run_id, "targets": targets}) + "\n")
     command = "python benchmarks/bench_cpu_peers.py " + " ".join(sys.argv[1:])
     summary = markdown_summary(rows, targets, systems, environment, command)
-    (out / f"{run_id}.md").write_text(summary, encoding="utf-8")
-    (out / "LATEST-cpu-peers.md").write_text(summary, encoding="utf-8")
-    say(f"wrote {jsonl}, {out / (run_id + '.md')} and {out / 'LATEST-cpu-peers.md'}")
-    print(summary)
+    common.write_summary(out, run_id, "LATEST-cpu-peers.md", summary, jsonl)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     if argv[:1] == ["worker"]:
-        parser = argparse.ArgumentParser(prog="bench_cpu_peers.py worker", description="Measure one system (internal).")
-        parser.add_argument("--system", choices=list(BY_NAME), required=True)
-        parser.add_argument("--model-dir", type=Path, required=True)
-        parser.add_argument("--artifact", type=Path, required=True)
+        parser = common.worker_parser("bench_cpu_peers.py worker", BY_NAME)
         parser.add_argument("--plain-dir", type=Path, required=True)
-        parser.add_argument("--pairs", type=Path, required=True)
-        parser.add_argument("--out-prefix", type=Path, required=True)
-        parser.add_argument("--passes", type=int, required=True)
-        parser.add_argument("--latency-calls", type=int, required=True)
         parser.add_argument("--start-only", action="store_true", help="load, score one pair, record the start")
-        parser.add_argument("--spawn-time", type=float, required=True, help="parent's time.time() before spawning")
         args = parser.parse_args(argv[1:])
         args.mode = "worker"
         return args
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=DEFAULT_MODELS,
-                        help=f"Ettin sizes (fixtures.ETTIN_SHAPES); {DISTILLED_NAME} is added unless --no-distilled")
+                        help=f"Ettin sizes (builders.ETTIN_SHAPES); {DISTILLED_NAME} is added unless --no-distilled")
     parser.add_argument("--systems", default=",".join(BY_NAME), help="comma-separated subset of: " + ", ".join(BY_NAME))
     parser.add_argument("--workloads", default="negconstraint", help="negconstraint (1×100 rank calls), scifact")
     parser.add_argument("--pairs-limit", type=int, default=DEFAULT_PAIRS_LIMIT,
                         help="max pairs per model × workload; whole queries are kept")
-    parser.add_argument("--out", type=Path, default=bc.REPO_ROOT / "benchmarks" / "results")
-    parser.add_argument("--work", type=Path, default=bc.REPO_ROOT / "benchmarks" / "work",
-                        help="cache for fixtures, artifacts, peer graphs, pairs and scores (shared with bench_cpu.py)")
-    parser.add_argument("--no-distilled", action="store_true", help=f"leave out {DISTILLED_NAME}")
+    common.add_run_arguments(parser, "cache for fixtures, artifacts, peer graphs, pairs and scores (shared with "
+                             "bench_cpu.py)")
     parser.add_argument("--reexport", action="store_true",
                         help="rebuild the cached artifacts and peer graphs (e.g. after the exporter changed)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny model, 2 queries × 10 docs, 1 timed pass, 2 latency calls: checks the script")
     args = parser.parse_args(argv)
     args.mode = "driver"
     return args
 
 
-def main() -> None:
-    args = parse_args(sys.argv[1:])
-    if args.mode == "worker":
-        worker_main(args)
-    else:
-        driver_main(args)
-
-
 if __name__ == "__main__":
-    main()
+    common.run_driver_or_worker(parse_args, driver_main, worker_main)

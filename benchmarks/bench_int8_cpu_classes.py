@@ -37,8 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_cpu as bc  # noqa: E402
+import common
 
 HERE = Path(__file__).resolve().parent
 FORMS = {"8-bit weights (before)": False, "7-bit weights (reduce_range)": True}
@@ -50,11 +49,11 @@ FORMS = {"8-bit weights (before)": False, "7-bit weights (reduce_range)": True}
 def _runners(path: Path, has_bf16: bool) -> dict[str, object]:
     from rerankrt.engine.backends import backend_class
 
-    out = {"onnxruntime": backend_class("onnxruntime")(path, precision="int8", threads=bc.THREADS),
-           "openvino f32": backend_class("openvino")(path, precision="int8", threads=bc.THREADS,
+    out = {"onnxruntime": backend_class("onnxruntime")(path, precision="int8", threads=common.THREADS),
+           "openvino f32": backend_class("openvino")(path, precision="int8", threads=common.THREADS,
                                                       inference_precision="f32", cache_dir=False)}
     if has_bf16:
-        out["openvino bf16"] = backend_class("openvino")(path, precision="int8", threads=bc.THREADS,
+        out["openvino bf16"] = backend_class("openvino")(path, precision="int8", threads=common.THREADS,
                                                           inference_precision="bf16", cache_dir=False)
     return out
 
@@ -90,7 +89,7 @@ def worker_main(args: argparse.Namespace) -> None:
             for backend in configs.values():  # warm-up: first-shape compilation
                 _one_pass(backend, ids, job["pad_id"])
         for round_ in range(rounds):
-            bc.say(f"{args.label}: {job['model']} round {round_ + 1}/{rounds}", "bench_int8_cpu_classes")
+            common.say(f"{args.label}: {job['model']} round {round_ + 1}/{rounds}")
             for key, backend in configs.items():
                 scores, seconds = _one_pass(backend, ids, job["pad_id"])
                 times[key].append(seconds)
@@ -112,9 +111,7 @@ def _forms(artifact_dir: Path, pairs_for_calibration, work: Path) -> dict[str, s
     from rerankrt.export.quantize import quantize_int8_static
 
     artifact = load_artifact(artifact_dir)
-    spec = artifact.tokenizer_spec
-    tokenizer = PairTokenizer(artifact.tokenizer_path, spec["max_length"], spec["pad_id"], spec["cls_id"],
-                              spec["sep_id"])
+    tokenizer = PairTokenizer.for_artifact(artifact)
     calib = [(b.input_ids, b.attention_mask) for b in _calibration_batches(tokenizer, pairs_for_calibration)]
     layers = int(artifact.manifest["architecture"]["num_hidden_layers"])
     out = {}
@@ -145,7 +142,7 @@ def _spawn(label: str, plan: Path, work: Path, emulate: str | None, timed: bool,
         if qemu is None:
             raise SystemExit("--emulate needs qemu-user (apt-get install qemu-user)")
         command = [qemu, "-cpu", emulate, str(Path(sys.executable).resolve()), *command[1:]]
-    bc.say(f"worker {label}: {' '.join(command[:4])} …", "bench_int8_cpu_classes")
+    common.say(f"worker {label}: {' '.join(command[:4])} …")
     started = time.perf_counter()
     subprocess.run(command, check=True, stderr=subprocess.DEVNULL if emulate else None)
     out = json.loads(result.read_text())
@@ -179,24 +176,23 @@ def main() -> None:
     work = HERE / "work" / "int8-cpu-classes"
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
-    queries = rng.sample(bc.read_texts(bc.NEGCONSTRAINT_DIR / "queries.jsonl"), args.queries)
-    docs = rng.sample(bc.read_texts(bc.NEGCONSTRAINT_DIR / "corpus.jsonl"), args.docs)
+    queries = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "queries.jsonl"), args.queries)
+    docs = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "corpus.jsonl"), args.docs)
     workloads = {
-        bc.DISTILLED_NAME: ([(q, d) for q in queries for d in docs], bc.MAX_LENGTH),
+        common.DISTILLED_NAME: ([(q, d) for q in queries for d in docs], common.MAX_LENGTH),
         "17m": (calibration.builtin_pairs(), None),  # the parity gate's own pairs, the model's own max_length
     }
     jobs, references, groups = [], {}, {}
     for name, (pairs, max_length) in workloads.items():
-        model = bc.prepare_model(name, HERE / "work", None, tag="bench_int8_cpu_classes")
+        model = common.prepare_model(name, HERE / "work", None)
         artifact = load_artifact(model.artifact_dir)
         spec = artifact.tokenizer_spec
         max_length = max_length or spec["max_length"]
-        tokenizer = PairTokenizer(artifact.tokenizer_path, max_length, spec["pad_id"], spec["cls_id"], spec["sep_id"])
+        tokenizer = PairTokenizer.for_artifact(artifact, max_length)
         ids = tokenizer.encode(pairs)
         ids_file = work / f"{name}-ids.json"
         ids_file.write_text(json.dumps([list(map(int, row)) for row in ids]))
-        bc.say(f"{name}: building the int8 forms and the sentence-transformers fp32 reference",
-               "bench_int8_cpu_classes")
+        common.say(f"{name}: building the int8 forms and the sentence-transformers fp32 reference")
         forms = _forms(model.artifact_dir, calibration.builtin_pairs(seed=1), work)
         references[name] = _reference(model.source_dir, pairs, max_length)
         groups[name] = calibration.group_ids(pairs)
@@ -223,15 +219,17 @@ def main() -> None:
             })
     native = [r for r in rows if r["cpu"] == "native"]
     body = [f"Forms built from the same fp32 graph and calibration batches. Reference: sentence-transformers fp32. "
-            f"Distilled 17m: {len(workloads[bc.DISTILLED_NAME][0])} negconstraint pairs ({args.queries} queries × "
-            f"{args.docs} docs, max_length {bc.MAX_LENGTH}); random-weight 17m: the parity gate's 128 built-in pairs "
-            f"(0 … ~1,800 tokens). {bc.THREADS} threads; speed is the median of {args.rounds} interleaved rounds on the "
+            f"Distilled 17m: {len(workloads[common.DISTILLED_NAME][0])} negconstraint pairs ({args.queries} queries × "
+            f"{args.docs} docs, max_length {common.MAX_LENGTH}); "
+            "random-weight 17m: the parity gate's 128 built-in pairs "
+            f"(0 … ~1,800 tokens). {common.THREADS} threads; "
+            f"speed is the median of {args.rounds} interleaved rounds on the "
             "native CPU only.", "",
             "| CPU (int8 class) | model | int8 form | runtime | max \\|Δ\\|/range | Spearman | top-10 | pairs/s |",
             "|---|---|---|---|---:|---:|---:|---:|"]
     body += [f"| {r['cpu']} ({r['int8_class']}) | {r['model']} | {r['form']} | {r['runtime']} | "
              f"{r['max_rel_delta']:.2e} | {r['spearman']:.5f} | {r['top10']:.3f} | "
-             f"{bc.fmt(r['pairs_per_s'], '.1f')} |" for r in rows]
+             f"{common.fmt(r['pairs_per_s'], '.1f')} |" for r in rows]
     speed = {(r["model"], r["runtime"]): {} for r in native}
     for r in native:
         speed[(r["model"], r["runtime"])][r["form"]] = r["pairs_per_s"]
@@ -241,8 +239,8 @@ def main() -> None:
     body += ["", "Workers: " + "; ".join(f"{w['label']} saw {w['cpu']['int8_class']} "
                                          f"({' '.join(w['cpu']['features'])}), {w['wall_s']:.0f} s" for w in workers)]
     command = "python benchmarks/bench_int8_cpu_classes.py" + "".join(f" --emulate {m}" for m in args.emulate)
-    bc.write_report(Path(args.out), "int8-cpu-classes", "int8 forms across CPU classes", command,
-                    bc.run_environment(("openvino",)), rows, body)
+    common.write_report(Path(args.out), "int8-cpu-classes", "int8 forms across CPU classes", command,
+                    common.run_environment(("openvino",)), rows, body)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

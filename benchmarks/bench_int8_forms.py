@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_cpu as bc  # noqa: E402
+import common
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,14 +79,13 @@ def main() -> None:
     from rerankrt.export import calibration
     from rerankrt.export.pipeline import _calibration_batches
 
-    model = bc.prepare_model(bc.DISTILLED_NAME, HERE / "work", None, precisions=("fp32", "int8"),
-                             tag="bench_int8_forms")
+    model = common.prepare_model(common.DISTILLED_NAME, HERE / "work", None, precisions=("fp32", "int8"))
     artifact = load_artifact(model.artifact_dir)
     spec = artifact.tokenizer_spec
-    tokenizer = PairTokenizer(artifact.tokenizer_path, bc.MAX_LENGTH, spec["pad_id"], spec["cls_id"], spec["sep_id"])
+    tokenizer = PairTokenizer.for_artifact(artifact, common.MAX_LENGTH)
     rng = random.Random(0)
-    queries = rng.sample(bc.read_texts(bc.NEGCONSTRAINT_DIR / "queries.jsonl"), 3)
-    docs = rng.sample(bc.read_texts(bc.NEGCONSTRAINT_DIR / "corpus.jsonl"), 100)
+    queries = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "queries.jsonl"), 3)
+    docs = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "corpus.jsonl"), 100)
     ids = tokenizer.encode([(q, d) for q in queries for d in docs])
     lengths = np.array([len(t) for t in ids])
 
@@ -99,13 +96,14 @@ def main() -> None:
     by_multiple = {1: batches(1), 16: batches(16)}
 
     def openvino(path: Path, hint: str):
-        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": bc.THREADS}
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": common.THREADS}
         request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
         return lambda i, m: request.infer({"input_ids": i, "attention_mask": m})[0]
 
     def onnxruntime(path: Path):
         options = ort.SessionOptions()
-        options.intra_op_num_threads = bc.THREADS
+        options.intra_op_num_threads = common.THREADS
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return lambda i, m: session.run(None, {"input_ids": i, "attention_mask": m})[0]
 
@@ -121,7 +119,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         calib = [(b.input_ids, b.attention_mask)
                  for b in _calibration_batches(tokenizer, calibration.builtin_pairs(seed=1))]
-        bc.say("building the int8 forms", "bench_int8_forms")
+        common.say("building the int8 forms")
         forms = build_forms(fp32_path, int(artifact.manifest["architecture"]["num_hidden_layers"]), calib, Path(tmp))
         configs = {("fp32 graph", "openvino", "f32"): (openvino(fp32_path, "f32"), 1)}
         if has_bf16:
@@ -139,7 +137,7 @@ def main() -> None:
         for run, multiple in configs.values():  # warm-up: first-shape compilation
             one_pass(run, multiple)
         for round_ in range(args.rounds):
-            bc.say(f"round {round_ + 1}/{args.rounds}", "bench_int8_forms")
+            common.say(f"round {round_ + 1}/{args.rounds}")
             for key, (run, multiple) in configs.items():
                 scores[key], seconds = one_pass(run, multiple)
                 times[key].append(seconds)
@@ -155,15 +153,15 @@ def main() -> None:
                      "max_rel_delta": float(np.abs(got - reference).max() / score_range),
                      "spearman": float(spearmanr(got, reference).correlation),
                      "file_mb": sizes[form] / 1e6 if form in sizes else fp32_path.stat().st_size / 1e6})
-    body = [f"Distilled 17m, {len(ids)} negconstraint pairs, max_length {bc.MAX_LENGTH}, {bc.THREADS} threads, "
+    body = [f"Distilled 17m, {len(ids)} negconstraint pairs, max_length {common.MAX_LENGTH}, {common.THREADS} threads, "
             f"one process, configurations interleaved; median of {args.rounds} rounds. Fidelity vs the fp32 graph "
             "(OpenVINO, strict f32).", "",
             "| graph | runtime | between int8 matmuls | pairs/s | file MB | max \\|Δ\\|/range | Spearman |",
             "|---|---|---|---:|---:|---:|---:|"]
     body += [f"| {r['form']} | {r['runtime']} | {r['between_int8_matmuls']} | {r['pairs_per_s']:.1f} | "
              f"{r['file_mb']:.1f} | {r['max_rel_delta']:.1e} | {r['spearman']:.5f} |" for r in rows]
-    bc.write_report(Path(args.out), "int8-forms", "int8 graph forms", "python benchmarks/bench_int8_forms.py",
-                    bc.run_environment(("openvino",)), rows, body)
+    common.write_report(Path(args.out), "int8-forms", "int8 graph forms", "python benchmarks/bench_int8_forms.py",
+                    common.run_environment(("openvino",)), rows, body)
 
 if __name__ == "__main__":
     main()

@@ -18,14 +18,12 @@ import json
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_cpu as bc  # noqa: E402
+import common
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,14 +39,14 @@ def main() -> None:
     from rerankrt.engine import Reranker
     from rerankrt.engine.backends.ort import OrtBackend
 
-    model = bc.prepare_model(bc.DISTILLED_NAME, HERE / "work", None, tag="bench_ort_graph_forms")
+    model = common.prepare_model(common.DISTILLED_NAME, HERE / "work", None)
     rng = random.Random(0)
-    queries = rng.sample(bc.read_texts(bc.NEGCONSTRAINT_DIR / "queries.jsonl"), 3)
-    docs = rng.sample(bc.read_texts(bc.NEGCONSTRAINT_DIR / "corpus.jsonl"), 100)
+    queries = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "queries.jsonl"), 3)
+    docs = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "corpus.jsonl"), 100)
     pairs = [(q, d) for q in queries for d in docs]
 
     native = Reranker.from_pretrained(model.artifact_dir, precision="fp32", backend="onnxruntime",
-                                      threads=bc.THREADS, max_length=bc.MAX_LENGTH)
+                                      threads=common.THREADS, max_length=common.MAX_LENGTH)
     config = native.artifact.manifest["architecture"]
     optimized = optimize_model(str(native.artifact.graph("fp32").path), model_type="bert",
                                num_heads=int(config["num_attention_heads"]), hidden_size=int(config["hidden_size"]))
@@ -57,7 +55,7 @@ def main() -> None:
     optimized.save_model_to_file(str(optimized_path))
     forms = {"native (ORT_ENABLE_ALL at load)": native,
              "onnxruntime.transformers.optimizer bert": Reranker(
-                 native.artifact, OrtBackend(optimized_path, "fp32", threads=bc.THREADS), native.tokenizer,
+                 native.artifact, OrtBackend(optimized_path, "fp32", threads=common.THREADS), native.tokenizer,
                  native.policy)}
     reference = native.predict(pairs)
     rates: dict[str, list[float]] = {name: [] for name in forms}
@@ -72,15 +70,17 @@ def main() -> None:
              "max_abs_diff_vs_native": float(np.abs(forms[name].predict(pairs) - reference).max())}
             for name, r in rates.items()]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
-    env = {"hardware": bc.hardware_info(), "versions": bc.package_versions(), "load_average_1m": os.getloadavg()[0]}
+    env = {"hardware": common.hardware_info(), "versions": common.package_versions(),
+           "load_average_1m": os.getloadavg()[0]}
     result = {"stamp": stamp, "environment": env, "fusions_found": fusions, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"ort-graph-forms-{stamp}.json").write_text(json.dumps(result, indent=1))
     base = rows[0]["pairs_per_s"]
     lines = [f"# onnxruntime graph forms — {stamp}", "", "Command: `python benchmarks/bench_ort_graph_forms.py`", "",
-             *bc.hardware_lines(env), bc.load_line(env), "",
-             f"Distilled 17m, {len(pairs)} negconstraint pairs, max_length {bc.MAX_LENGTH}, {bc.THREADS} threads, "
+             *common.hardware_lines(env), common.load_line(env), "",
+             f"Distilled 17m, {len(pairs)} negconstraint pairs, max_length {common.MAX_LENGTH}, "
+             f"{common.THREADS} threads, "
              f"median of {args.passes} alternating passes.", "",
              f"Fusions the optimizer found: {fusions or 'none'} (no Attention/MultiHeadAttention/RotaryEmbedding: "
              "ModernBERT's RoPE and sliding-window mask do not match its BERT attention patterns).", "",

@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_cpu as bc  # noqa: E402
+import common
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = [("fp32", "THROUGHPUT", 1), ("fp32", "LATENCY", 1), ("bf16", "THROUGHPUT", 1), ("bf16", "LATENCY", 1),
@@ -32,15 +31,16 @@ def child(args: argparse.Namespace) -> None:
     from rerankrt.engine import Reranker
 
     pairs = [tuple(p) for p in json.loads(Path(args.pairs).read_text())]
-    reranker = Reranker.from_pretrained(args.artifact, precision=args.precision, backend="openvino", threads=bc.THREADS,
-                                        max_length=bc.MAX_LENGTH, backend_options={"performance_hint": args.hint})
+    reranker = Reranker.from_pretrained(args.artifact, precision=args.precision, backend="openvino",
+                                        threads=common.THREADS, max_length=common.MAX_LENGTH,
+                                        backend_options={"performance_hint": args.hint})
     reranker.policy = dataclasses.replace(reranker.policy, pad_to_multiple_of=args.pad)
     reranker.predict(pairs[:20])
     started = time.perf_counter()
     for _ in range(3):
         reranker.predict(pairs)
     print(json.dumps({"pairs_per_s": 3 * len(pairs) / (time.perf_counter() - started),
-                      "peak_rss_mib": bc.peak_rss_mib()}))
+                      "peak_rss_mib": common.peak_rss_mib()}))
 
 
 def main() -> None:
@@ -54,11 +54,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
-    model = bc.prepare_model(bc.DISTILLED_NAME, HERE / "work", None, precisions=("fp32", "bf16", "int8"),
-                             tag="bench_ov_hints")
+    model = common.prepare_model(common.DISTILLED_NAME, HERE / "work", None, precisions=("fp32", "bf16", "int8"))
     rng = random.Random(0)
-    queries = rng.sample(bc.read_texts(bc.NEGCONSTRAINT_DIR / "queries.jsonl"), 3)
-    docs = rng.sample(bc.read_texts(bc.NEGCONSTRAINT_DIR / "corpus.jsonl"), 100)
+    queries = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "queries.jsonl"), 3)
+    docs = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "corpus.jsonl"), 100)
     pairs_file = HERE / "work" / "ov-hints-pairs.json"
     pairs_file.write_text(json.dumps([(q, d) for q in queries for d in docs]))
     results: dict[tuple, list[dict]] = {c: [] for c in CONFIGS}
@@ -70,8 +69,9 @@ def main() -> None:
             results[(precision, hint, pad)].append(json.loads(done.stdout.strip().splitlines()[-1]))
     rows = [{"precision": p, "hint": h, "pad_multiple": m, "runs": r,
              "pairs_per_s_median": statistics.median(x["pairs_per_s"] for x in r),
-             "peak_rss_mib_median": statistics.median(x["peak_rss_mib"] for x in r)} for (p, h, m), r in results.items()]
-    body = [f"Distilled 17m, 300 negconstraint pairs, max_length {bc.MAX_LENGTH}, {bc.THREADS} threads; "
+             "peak_rss_mib_median": statistics.median(x["peak_rss_mib"] for x in r)}
+            for (p, h, m), r in results.items()]
+    body = [f"Distilled 17m, 300 negconstraint pairs, max_length {common.MAX_LENGTH}, {common.THREADS} threads; "
             f"median over {args.runs} processes (3 passes each).", "",
             "| precision | hint | batch width multiple | pairs/s | peak RSS MiB | per run (pairs/s) |",
             "|---|---|---:|---:|---:|---|"]
@@ -79,8 +79,8 @@ def main() -> None:
         per_run = ", ".join(f"{x['pairs_per_s']:.0f}" for x in row["runs"])
         body.append(f"| {row['precision']} | {row['hint']} | {row['pad_multiple']} | {row['pairs_per_s_median']:.1f} | "
                     f"{row['peak_rss_mib_median']:.0f} | {per_run} |")
-    bc.write_report(Path(args.out), "ov-hints", "OpenVINO hint and int8 shape buckets",
-                    "python benchmarks/bench_ov_hints.py", bc.run_environment(("openvino",)), rows, body)
+    common.write_report(Path(args.out), "ov-hints", "OpenVINO hint and int8 shape buckets",
+                    "python benchmarks/bench_ov_hints.py", common.run_environment(("openvino",)), rows, body)
 
 if __name__ == "__main__":
     main()

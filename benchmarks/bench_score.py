@@ -9,7 +9,7 @@ pairs and the same artifact (the distilled 17m, ``precision``/``backend`` auto):
 * ``predict``: one in-process ``Reranker.predict`` over all pairs held in memory (the reference);
 * ``score 1×N``: ``rerankrt score`` in one process with N intra-op threads (JSONL in, JSONL out);
 * ``score N×1``: ``rerankrt score --workers N``, N processes with one thread each;
-* ``ray N×1``: ``rerankrt.integrations.ray.rerank_dataset`` on a local Ray (N actors × 1 CPU),
+* ``ray N×1``: ``rerankrt.engine.integrations.ray.rerank_dataset`` on a local Ray (N actors × 1 CPU),
   reading the same JSONL and writing Parquet.
 
 Each run is a fresh process; wall time includes reading and writing the files (and, for Ray, its
@@ -29,21 +29,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_cpu as bc  # noqa: E402
+import common
+from common import say
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
 
 
-def say(message: str) -> None:
-    bc.say(message, "bench_score")
-
-
 def write_pairs(path: Path, n: int) -> None:
     rng = random.Random(0)
-    queries = bc.read_texts(bc.NEGCONSTRAINT_DIR / "queries.jsonl")
-    corpus = bc.read_texts(bc.NEGCONSTRAINT_DIR / "corpus.jsonl")
+    queries = common.read_texts(common.NEGCONSTRAINT_DIR / "queries.jsonl")
+    corpus = common.read_texts(common.NEGCONSTRAINT_DIR / "corpus.jsonl")
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
             fh.write(json.dumps({"id": i, "query": rng.choice(queries), "document": rng.choice(corpus)}) + "\n")
@@ -53,19 +49,20 @@ def child_predict(args: argparse.Namespace) -> None:
     from rerankrt.engine import Reranker
 
     started = time.perf_counter()
-    pairs = [(row["query"], row["document"]) for row in map(json.loads, open(args.input, encoding="utf-8"))]
+    with open(args.input, encoding="utf-8") as fh:
+        pairs = [(row["query"], row["document"]) for row in map(json.loads, fh)]
     reranker = Reranker.from_pretrained(args.artifact, max_length=args.max_length, threads=args.threads)
     loaded = time.perf_counter()
     reranker.predict(pairs)
     done = time.perf_counter()
     print(json.dumps({"seconds": done - started, "score_seconds": done - loaded, "backend": reranker.backend.name,
-                      "precision": reranker.precision, "peak_rss_mib": bc.peak_rss_mib()}))
+                      "precision": reranker.precision, "peak_rss_mib": common.peak_rss_mib()}))
 
 
 def child_ray(args: argparse.Namespace) -> None:
     import ray
 
-    from rerankrt.integrations.ray import rerank_dataset
+    from rerankrt.engine.integrations.ray import rerank_dataset
 
     started = time.perf_counter()
     # N actors × 1 CPU, plus logical CPUs for Ray Data's read and write tasks (without them the
@@ -117,14 +114,15 @@ def main() -> None:
         return child_ray(args)
 
     cores = os.cpu_count() or 2
-    model = bc.prepare_model(bc.DISTILLED_NAME, WORK, None, precisions=("fp32", "bf16", "int8"), tag="bench_score")
+    model = common.prepare_model(common.DISTILLED_NAME, WORK, None, precisions=("fp32", "bf16", "int8"))
     run_dir = WORK / "runs" / f"score-{dt.datetime.now():%Y%m%d-%H%M}"
     run_dir.mkdir(parents=True, exist_ok=True)
     pairs_file = WORK / f"score-pairs-{args.pairs}.jsonl"
     if not pairs_file.is_file():
         say(f"writing {args.pairs:,} pairs")
         write_pairs(pairs_file, args.pairs)
-    environment = {"hardware": bc.hardware_info(), "versions": bc.package_versions(("openvino", "ray", "pyarrow")),
+    environment = {"hardware": common.hardware_info(),
+                   "versions": common.package_versions(("openvino", "ray", "pyarrow")),
                    "load_average_1m": os.getloadavg()[0]}
     me = [sys.executable, __file__, "--artifact", str(model.artifact_dir), "--input", str(pairs_file),
           "--max-length", str(args.max_length)]
@@ -141,7 +139,8 @@ def main() -> None:
         out = run_dir / "out.jsonl"
         _, wall, stderr = run_child([*rerankrt, "-o", str(out), *extra])
         lines = sum(1 for _ in out.open())
-        rows.append({"system": label, "seconds": wall, "rows_written": lines, "summary": stderr.strip().splitlines()[-1]})
+        rows.append({"system": label, "seconds": wall, "rows_written": lines,
+                     "summary": stderr.strip().splitlines()[-1]})
         out.unlink()
     if not args.skip_ray:
         say(f"ray {cores}×1")
@@ -168,7 +167,7 @@ def render(report: dict) -> str:
     base = rows[0]["pairs_per_s"]
     cores = rows[0]["system"].split("×")[-1]
     lines = [f"# File scoring benchmark — {report['stamp']}", "", f"Command: `{report['command']}`", "",
-             *bc.hardware_lines(environment), bc.load_line(environment), "",
+             *common.hardware_lines(environment), common.load_line(environment), "",
              f"{report['pairs']:,} negconstraint pairs (JSONL), distilled 17m, max_length {report['max_length']}, "
              f"backend/precision auto ({rows[0]['backend']} {rows[0]['precision']}). Each row is a fresh process; "
              "times include reading and writing files.", "",

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_cpu as bc  # noqa: E402
+import common
+from common import say
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
@@ -47,18 +47,14 @@ OVERLOAD_FACTOR = 4
 OVERLOAD_QUEUE_PAIRS = 1000  # the overload server's queue: 10 requests' worth
 
 
-def say(message: str) -> None:
-    bc.say(message, "bench_serve")
-
-
 def requests_for_level(concurrency: int) -> int:
     return max(12, 2 * concurrency)
 
 
 def build_requests(n: int, seed: int = 0, docs: int = DOCS_PER_REQUEST) -> list[dict]:
     rng = random.Random(seed)
-    queries = bc.read_texts(bc.NEGCONSTRAINT_DIR / "queries.jsonl")
-    corpus = bc.read_texts(bc.NEGCONSTRAINT_DIR / "corpus.jsonl")
+    queries = common.read_texts(common.NEGCONSTRAINT_DIR / "queries.jsonl")
+    corpus = common.read_texts(common.NEGCONSTRAINT_DIR / "corpus.jsonl")
     return [{"query": rng.choice(queries), "documents": rng.sample(corpus, docs)} for _ in range(n)]
 
 
@@ -73,7 +69,7 @@ def offline_main(args: argparse.Namespace) -> None:
     from rerankrt.engine import Reranker
 
     requests = json.loads(Path(args.requests).read_text())
-    reranker = Reranker.from_pretrained(args.artifact, threads=bc.THREADS, max_length=bc.MAX_LENGTH)
+    reranker = Reranker.from_pretrained(args.artifact, threads=common.THREADS, max_length=common.MAX_LENGTH)
     pairs = [(r["query"], d) for r in requests for d in r["documents"]]
     reranker.predict(pairs[:200])
     passes = []
@@ -100,7 +96,8 @@ SERVE_ARGS: list[str] = []  # extra `rerankrt serve` options (--serve-args)
 def start_server(system: str, artifact: Path, model_dir: Path, port: int, queue_pairs: int | None = None):
     if system == "rerankrt":
         cmd = [sys.executable, "-m", "rerankrt.engine.cli", "serve", str(artifact), "--port", str(port),
-               "--threads", str(bc.THREADS), "--max-length", str(bc.MAX_LENGTH), "--log-level", "warning", *SERVE_ARGS]
+               "--threads", str(common.THREADS), "--max-length", str(common.MAX_LENGTH), "--log-level", "warning",
+               *SERVE_ARGS]
         if queue_pairs:
             cmd += ["--max-queued-pairs", str(queue_pairs), "--max-documents", str(min(queue_pairs, 10_000))]
     else:
@@ -265,7 +262,8 @@ def targets(report: dict) -> list[dict]:
         p99 = by["rerankrt"][1]["p99_ms"]
         out.append({"target": "c=1 p99 ≤ 1.3× one in-process rank call", "value": p99 / offline["rank_p99_ms"],
                     "goal": 1.3, "lower_is_better": True,
-                    "detail": f"{p99:.0f} ms vs rank p99 {offline['rank_p99_ms']:.0f} ms (p50 {offline['rank_p50_ms']:.0f})"})
+                    "detail": f"{p99:.0f} ms vs rank p99 {offline['rank_p99_ms']:.0f} ms "
+                              f"(p50 {offline['rank_p50_ms']:.0f})"})
     if report.get("overload"):
         o = report["overload"]
         out.append({"target": "4× overload: zero 5xx, the rest 429, healthy after",
@@ -285,10 +283,10 @@ def fmt_ms(value: float | None) -> str:
 def markdown(report: dict, command: str) -> str:
     env = report["environment"]
     lines = [f"# Serving benchmark — {report['stamp']}", "", f"Command: `{command}`", "", "## Hardware", "",
-             *bc.hardware_lines(env), bc.load_line(env), "- versions: " + ", ".join(
+             *common.hardware_lines(env), common.load_line(env), "- versions: " + ", ".join(
                  f"{k} {v}" for k, v in env["versions"].items()), "",
              "## Setup", "",
-             f"- model: distilled 17m, max_length {bc.MAX_LENGTH}; every request = 1 negconstraint query × "
+             f"- model: distilled 17m, max_length {common.MAX_LENGTH}; every request = 1 negconstraint query × "
              f"{DOCS_PER_REQUEST} documents; closed loop, requests per level = max(12, 2 × concurrency)",
              f"- offline reference (fresh process, {report['offline']['backend']} {report['offline']['precision']}): "
              f"predict {report['offline']['pairs_per_s']:.1f} pairs/s on the c=16 pairs (median of 3); one "
@@ -332,12 +330,13 @@ def driver_main(args: argparse.Namespace) -> None:
         precisions = ("fp32", "bf16", "int8")
     except ImportError:
         precisions = ("fp32", "int8")
-    model = bc.prepare_model(bc.DISTILLED_NAME, WORK, None, precisions=precisions, tag="bench_serve")
+    model = common.prepare_model(common.DISTILLED_NAME, WORK, None, precisions=precisions)
     levels = [int(x) for x in args.levels.split(",")]
     requests = build_requests(max(requests_for_level(c) for c in levels) + 64)
     requests_file = run_dir / "requests.json"
     requests_file.write_text(json.dumps(requests[:requests_for_level(16)]))
-    environment = {"hardware": bc.hardware_info(), "versions": bc.package_versions(("fastapi", "uvicorn", "openvino")),
+    environment = {"hardware": common.hardware_info(),
+                   "versions": common.package_versions(("fastapi", "uvicorn", "openvino")),
                    "load_average_1m": os.getloadavg()[0]}
 
     say("offline reference")
@@ -375,7 +374,8 @@ def main() -> None:
     parser.add_argument("--systems", default="rerankrt,naive,st")
     parser.add_argument("--overload-requests", type=int, default=120)
     parser.add_argument("--no-overload", action="store_true")
-    parser.add_argument("--serve-args", default="", help="extra options for `rerankrt serve`, e.g. '--window-tokens 65536'")
+    parser.add_argument("--serve-args", default="",
+                        help="extra options for `rerankrt serve`, e.g. '--window-tokens 65536'")
     parser.add_argument("--offline", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--artifact", help=argparse.SUPPRESS)
     parser.add_argument("--requests", help=argparse.SUPPRESS)

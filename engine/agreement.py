@@ -8,6 +8,7 @@ and recorded in the manifest. The export's ``parity`` module imports these, neve
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, groups: list[int], tol
     delta = np.abs(reference - candidate)
     score_range = float(reference.max() - reference.min()) if len(reference) else 0.0
     rel = float(delta.max() / score_range) if score_range > 0 else float(delta.max() if len(delta) else 0.0)
-    report = {
+    report: dict[str, Any] = {
         "max_abs_delta": float(delta.max()) if len(delta) else 0.0,
         "mean_abs_delta": float(delta.mean()) if len(delta) else 0.0,
         "max_rel_delta": rel,

@@ -1,7 +1,9 @@
-"""The ``rerankrt`` command: export, predict, rank, info, bench, serve.
+"""The ``rerankrt`` command: export, predict, rank, info, bench, score, eval, serve.
 
-The export subcommand imports ``rerankrt.export`` only when called, so the serving commands
-work in a runtime-only install (no torch).
+Each subcommand parses its flags and calls one library function (the export pipeline, the
+Reranker, :mod:`.microbench`, :mod:`.offline`, :mod:`.server`); workflows live there, not here.
+Every subcommand imports what it needs when called: export imports ``rerankrt.export`` only
+then, so the serving commands work in a runtime-only install (no torch).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import numpy as np
 
@@ -49,16 +50,18 @@ def _load(args: argparse.Namespace):
                                     max_length=args.max_length, backend=args.backend)
 
 
-def _read_stdin_pairs() -> list[tuple[str, str]]:
+def _read_pairs(lines, source: str) -> list[tuple[str, str]]:
+    """JSONL ``{"query": ..., "document": ...}`` lines; a bad line is reported as ``SOURCE line N``."""
     pairs = []
-    for lineno, line in enumerate(sys.stdin, 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             pairs.append((row["query"], row["document"]))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise RerankrtError(f"stdin line {lineno}: expected {{\"query\": ..., \"document\": ...}} ({exc})") from exc
+            raise RerankrtError(
+                f"{source} line {lineno}: expected {{\"query\": ..., \"document\": ...}} ({exc})") from exc
     return pairs
 
 
@@ -69,7 +72,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise RerankrtError("--doc needs --query")
         pairs = [(args.query, d) for d in args.doc]
     else:
-        pairs = _read_stdin_pairs()
+        pairs = _read_pairs(sys.stdin, "stdin")
     scores = reranker.predict(pairs, activation_fn=args.activation, show_progress_bar=args.progress)
     for (query, doc), score in zip(pairs, np.atleast_1d(scores)):
         print(json.dumps({"query": query, "document": doc, "score": float(score)}, ensure_ascii=False))
@@ -98,9 +101,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     arch = m["architecture"]
     print(f"artifact     {artifact.directory}")
     print(f"source       {m.get('source', {}).get('id')} (revision {m.get('source', {}).get('revision')})")
-    print(f"model        {arch.get('model_type')} hidden={arch.get('hidden_size')} layers={arch.get('num_hidden_layers')} "
+    print(f"model        {arch.get('model_type')} hidden={arch.get('hidden_size')} "
+          f"layers={arch.get('num_hidden_layers')} "
           f"heads={arch.get('num_attention_heads')} pooling={arch.get('pooling')}")
-    print(f"max_length   {artifact.max_length} (truncation {m['tokenizer']['truncation']}), activation {artifact.activation}")
+    print(f"max_length   {artifact.max_length} (truncation {m['tokenizer']['truncation']}), "
+          f"activation {artifact.activation}")
     for precision, info in m["graphs"].items():
         r = m.get("parity", {}).get("results", {}).get(precision)
         fid = (f"max|Δ|={r['max_abs_delta']:.3g} spearman={r['spearman']:.6f} top10={r['top10_agreement']:.3f} "
@@ -112,7 +117,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     cpu = cpu_info().summary()
     print(f"this CPU     {cpu['model']} ({cpu['logical_cores']} logical cores)")
     print(f"features     {' '.join(cpu['features']) or 'unknown'}")
-    print(f"int8 class   this CPU {cpu['int8_class']}; the parity gate ran on {gate_class(artifact) or 'an unrecorded class'}")
+    print(f"int8 class   this CPU {cpu['int8_class']}; "
+          f"the parity gate ran on {gate_class(artifact) or 'an unrecorded class'}")
     print(f"auto here    {_auto_choice(artifact)}")
     return 0
 
@@ -140,81 +146,37 @@ def _auto_choice(artifact) -> str:
         loaded = Reranker.from_pretrained(artifact.directory, precision="auto", backend="auto")
         precision, backend = loaded.precision, loaded.backend.name
         between = getattr(loaded.backend, "inference_precision", None) if precision == "int8" else None
-        check = f"; {loaded.int8_check.describe()}"
+        check = f"; {loaded.int8_check.describe()}" if loaded.int8_check else ""
     return f"{precision} on {backend}" + (f" ({between} between the int8 matmuls)" if between else "") + check
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Throughput and latency of one artifact on this machine (the peer comparison is benchmarks/)."""
-    from .hardware import cpu_info
+    from .microbench import measure, synthetic_pairs
 
-    reranker = _load(args)
     if args.pairs:
-        from .tokenize import normalize_pairs
-        pairs = normalize_pairs([tuple(json.loads(line)[k] for k in ("query", "document"))
-                                 for line in open(args.pairs, encoding="utf-8") if line.strip()])
+        with open(args.pairs, encoding="utf-8") as fh:
+            pairs = _read_pairs(fh, args.pairs)
     else:
-        words = ("river bridge history protein treatment patient music island railway algorithm lake novel "
-                 "city century study result").split()
-        rng = np.random.default_rng(0)
-        pairs = [(" ".join(rng.choice(words, 8)), " ".join(rng.choice(words, int(rng.integers(20, 300)))))
-                 for _ in range(args.n)]
-    reranker.predict(pairs[:32])
-    times = []
-    for _ in range(args.passes):
-        t = time.perf_counter()
-        reranker.predict(pairs)
-        times.append(time.perf_counter() - t)
-    query, docs = pairs[0][0], [d for _, d in pairs[:100]]
-    lat = []
-    for _ in range(args.passes * 5):
-        t = time.perf_counter()
-        reranker.rank(query, docs)
-        lat.append(time.perf_counter() - t)
-    result = {"pairs": len(pairs), "pairs_per_s": len(pairs) / float(np.median(times)),
-              "rank_1x100_ms_p50": 1000 * float(np.percentile(lat, 50)),
-              "rank_1x100_ms_p95": 1000 * float(np.percentile(lat, 95)),
-              "precision": reranker.precision, "backend": reranker.backend.name,
-              "inference_precision": getattr(reranker.backend, "inference_precision", None),
-              "cpu": cpu_info().summary()}
-    print(json.dumps(result, indent=2))
+        pairs = synthetic_pairs(args.n)
+    print(json.dumps(measure(_load(args), pairs, passes=args.passes), indent=2))
     return 0
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .artifact import load_artifact
-    from .batch import ChunkScorer, Fields, ScoreJob, score_file
-    from .hub import resolve_model_dir
-    from .reranker import Reranker
-    from .selection import choose_precision
+    from .offline import Fields, ScoreJob, score_file_with_artifact
 
-    options = {"precision": args.precision, "backend": args.backend, "max_length": args.max_length}
-    # which model and precision will score, without loading it here (worker processes load their own)
-    artifact = load_artifact(resolve_model_dir(args.artifact)[0])
-    precision = choose_precision(artifact, args.precision, "cpu")
-    model_id = f"{artifact.directory}:{precision}:{args.max_length or artifact.max_length}"
     job = ScoreJob(Path(args.input), Path(args.output), args.format, args.output_format,
                    Fields(args.query_field, args.document_field, args.documents_field),
                    Path(args.corpus) if args.corpus else None, Path(args.queries) if args.queries else None,
                    args.depth, args.top_k, not args.no_title, args.on_error,
-                   Path(args.rejects) if args.rejects else None, args.chunk_pairs, model_id)
-    workers = args.workers
-    if workers is None:  # measured default: one single-thread process per core (bench_score.py)
-        from .hardware import physical_cores
-
-        workers = 1 if args.threads else physical_cores()
-    if workers > 1:
-        scorer = ChunkScorer.processes(args.artifact, workers, {**options, "threads": 1}, args.activation)
-    else:
-        reranker = Reranker.from_pretrained(args.artifact, threads=args.threads, **options)
-        scorer = ChunkScorer.in_process(reranker, args.activation)
-    try:
-        summary = score_file(job, scorer, resume=args.resume, overwrite=args.overwrite,
-                             progress=not args.no_progress)
-    finally:
-        scorer.close()
+                   Path(args.rejects) if args.rejects else None, args.chunk_pairs)
+    summary = score_file_with_artifact(job, args.artifact, precision=args.precision, backend=args.backend,
+                                       threads=args.threads, max_length=args.max_length, workers=args.workers,
+                                       activation=args.activation, resume=args.resume, overwrite=args.overwrite,
+                                       progress=not args.no_progress)
     print(summary.describe(), file=sys.stderr)
     return 0
 
@@ -222,55 +184,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .batch import ChunkScorer, ScoreJob, ireval, score_file
+    from .offline.evaluate import evaluate_beir
 
-    try:
-        import ir_measures  # noqa: F401
-    except ImportError as exc:
-        raise RerankrtError(f"evaluation needs the [eval] extra (pip install 'rerankrt[eval]'): {exc}") from exc
-    beir = Path(args.beir)
-    out_dir = Path(args.out_dir or f"eval-{beir.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    corpus, queries, qrels = ireval.read_beir(beir, args.split, with_title=not args.no_title)
-    metrics = args.metrics.split(",")
-    first_path = out_dir / "first-stage.trec"
-    if args.first_stage:
-        first = ireval.read_run(Path(args.first_stage))
-        first = {q: dict(sorted(d.items(), key=lambda kv: -kv[1])[:args.depth]) for q, d in first.items() if q in qrels}
-        label = f"first stage ({Path(args.first_stage).name})"
-    else:
-        first = ireval.bm25_run(corpus, queries, args.depth)
-        label = "first stage (BM25, bm25s)"
-    ireval.write_run(first, first_path, "first-stage")
-    rows = [(label, ireval.evaluate(qrels, first, metrics))]
-    for run_file in args.runs or []:
-        rows.append((Path(run_file).name, ireval.evaluate(qrels, ireval.read_run(Path(run_file)), metrics)))
-    if args.artifact:
-        from .reranker import Reranker
-
-        for precision in args.precision.split(","):
-            reranker = Reranker.from_pretrained(args.artifact, precision=precision, backend=args.backend,
-                                                threads=args.threads, max_length=args.max_length)
-            out = out_dir / f"reranked-{precision}.trec"
-            scorer = ChunkScorer.in_process(reranker)
-            try:
-                summary = score_file(ScoreJob(first_path, out, corpus=beir / "corpus.jsonl",
-                                              queries=beir / "queries.jsonl", depth=args.depth,
-                                              with_title=not args.no_title), scorer, overwrite=True,
-                                     progress=not args.no_progress)
-            finally:
-                scorer.close()
-            rows.append((f"rerankrt {precision} ({reranker.backend.name}, top {args.depth})",
-                         ireval.evaluate(qrels, ireval.read_run(out), metrics)))
-            print(f"  {precision}: {summary.describe()}", file=sys.stderr)
-    if args.json:
-        print(json.dumps([{"system": name, **values} for name, values in rows], indent=1))
-        return 0
-    print(f"{beir.name} ({len(queries)} judged queries, {len(corpus):,} documents), runs in {out_dir}/")
-    print("| system | " + " | ".join(metrics) + " |")
-    print("|---|" + "---:|" * len(metrics))
-    for name, values in rows:
-        print(f"| {name} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
+    report = evaluate_beir(Path(args.beir), split=args.split, artifact=args.artifact,
+                           precisions=args.precision.split(","), backend=args.backend, threads=args.threads,
+                           max_length=args.max_length, first_stage=Path(args.first_stage) if args.first_stage else None,
+                           depth=args.depth, runs=[Path(r) for r in args.runs or []], metrics=args.metrics.split(","),
+                           out_dir=Path(args.out_dir) if args.out_dir else None, with_title=not args.no_title,
+                           progress=not args.no_progress)
+    print(report.to_json() if args.json else report.to_markdown())
     return 0
 
 

@@ -77,14 +77,14 @@ _CPUID_TO_FLAG = {"AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW
 
 def cpuid_features() -> dict[str, bool]:
     """CPU features as CPUID reports them to this process (numpy's dispatcher table); {} if unknown."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__  # numpy >= 2
-    except ImportError:
+    import importlib
+
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # numpy 2, numpy 1
         try:
-            from numpy.core._multiarray_umath import __cpu_features__  # numpy 1.x
-        except ImportError:
-            return {}
-    return dict(__cpu_features__)
+            return dict(importlib.import_module(module).__cpu_features__)
+        except (ImportError, AttributeError):
+            continue
+    return {}
 
 
 def reconcile_flags(flags: frozenset[str], cpuid: dict[str, bool]) -> frozenset[str]:
@@ -103,7 +103,7 @@ def reconcile_flags(flags: frozenset[str], cpuid: dict[str, bool]) -> frozenset[
 
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
-    model, flags = platform.processor() or platform.machine(), frozenset()
+    model, flags = platform.processor() or platform.machine(), frozenset[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()

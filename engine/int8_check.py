@@ -66,7 +66,8 @@ class Int8Check:
             return f"int8 gated on {gate}, this CPU is {self.cpu_class}: not re-checked (int8_check=False)"
         r = self.report or {}
         numbers = (f"max |Δ|/range {r.get('max_rel_delta', float('nan')):.2e}, "
-                   f"Spearman {r.get('spearman', float('nan')):.5f}, top-10 {r.get('top10_agreement', float('nan')):.2f}")
+                   f"Spearman {r.get('spearman', float('nan')):.5f}, "
+                   f"top-10 {r.get('top10_agreement', float('nan')):.2f}")
         how = "cached" if self.cached else f"{self.seconds:.1f} s"
         verdict = "passed" if self.status == "passed" else "FAILED (" + "; ".join(r.get("failures", [])) + ")"
         return f"int8 gated on {gate}, re-checked on this CPU ({self.cpu_class}, {how}): {verdict}; {numbers}"
@@ -141,15 +142,13 @@ def check_int8(artifact: Artifact, backend, policy: BatchPolicy, threads: int | 
     from .backends import backend_class  # the reference runs on onnxruntime in strict fp32
 
     started = time.perf_counter()
-    spec = artifact.tokenizer_spec
-    tokenizer = PairTokenizer(artifact.tokenizer_path, artifact.max_length, spec["pad_id"], spec["cls_id"],
-                              spec["sep_id"], artifact.manifest["architecture"].get("vocab_size"))
+    tokenizer = PairTokenizer.for_artifact(artifact)
     pairs = check_pairs()
     ids = tokenizer.encode(pairs)
     reference_backend = backend_class("onnxruntime")(artifact.graph("fp32", verify=False).path, precision="fp32",
                                                      threads=threads)
-    reference = score_ids(reference_backend, ids, policy, spec["pad_id"], artifact.num_labels)[:, 0]
-    candidate = score_ids(backend, ids, policy, spec["pad_id"], artifact.num_labels)[:, 0]
+    reference = score_ids(reference_backend, ids, policy, tokenizer.pad_id, artifact.num_labels)[:, 0]
+    candidate = score_ids(backend, ids, policy, tokenizer.pad_id, artifact.num_labels)[:, 0]
     del reference_backend
     report = agreement.compare(reference, candidate, group_ids(pairs), _tolerance(artifact))
     status = "passed" if report["passed"] else "failed"

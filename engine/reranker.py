@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,11 +70,9 @@ class Reranker:
                 f"{directory} is not a rerankrt artifact (no manifest.json). If it is a CrossEncoder, export it "
                 f"first: rerankrt export {model_name_or_path} -o ARTIFACT_DIR", str(directory))
         artifact = load_artifact(directory)
-        spec = artifact.tokenizer_spec
         if max_length is not None and not 0 < max_length <= artifact.max_length:
             raise ValueError(f"max_length must be in 1..{artifact.max_length} for this model, got {max_length}")
-        tokenizer = PairTokenizer(artifact.tokenizer_path, max_length or artifact.max_length, spec["pad_id"],
-                                  spec["cls_id"], spec["sep_id"], artifact.manifest["architecture"].get("vocab_size"))
+        tokenizer = PairTokenizer.for_artifact(artifact, max_length)
 
         created = create_backend(artifact, precision, backend, device, providers=providers, threads=threads,
                                  token_budget=token_budget, max_batch_size=max_batch_size,
@@ -173,11 +172,11 @@ class Reranker:
             if not isinstance(doc, str):
                 raise InvalidInputTypeError(
                     f"document {i} has type {type(doc).__name__}; expected a string", i)
-        scores = self.predict([(query, d) for d in docs], batch_size=batch_size,
-                              show_progress_bar=show_progress_bar, activation_fn=activation_fn)
+        scores = np.asarray(self.predict([(query, d) for d in docs], batch_size=batch_size,
+                                         show_progress_bar=show_progress_bar, activation_fn=activation_fn))
         results = []
         for i in rank_order(scores, top_k):
-            item = {"corpus_id": int(i), "score": float(scores[i])}
+            item: dict[str, Any] = {"corpus_id": int(i), "score": float(scores[i])}
             if return_documents:
                 item["text"] = docs[i]
             results.append(item)

@@ -58,6 +58,7 @@ def choose_precision(artifact: Artifact, requested: str, device: str, cpu: CpuIn
         return requested
     available = [p for p in artifact.precisions if p not in exclude] or ["fp32"]
     usable = [p for p in available if _passed(artifact, p)] or available
+    order: tuple[str, ...]
     if device.startswith("cuda"):
         order = GPU_PRECISION_ORDER
     else:
@@ -79,13 +80,15 @@ def choose_backend(precision: str, requested: str, device: str, is_installed=ins
             raise BackendUnavailableError(
                 f"precision {precision!r} on {device} runs on {', '.join(candidates)}, not {requested!r}")
         if not is_installed(requested):
-            raise BackendUnavailableError(f"backend {requested!r} is not installed (pip install 'rerankrt[{requested}]')")
+            raise BackendUnavailableError(
+                f"backend {requested!r} is not installed (pip install 'rerankrt[{requested}]')")
         return requested
     for backend in candidates:
         if is_installed(backend):
             return backend
     raise BackendUnavailableError(
-        f"precision {precision!r} needs one of {', '.join(candidates)}; install it (e.g. pip install 'rerankrt[openvino]')")
+        f"precision {precision!r} needs one of {', '.join(candidates)}; "
+        "install it (e.g. pip install 'rerankrt[openvino]')")
 
 
 OPENVINO_INT8_BF16 = "openvino+bf16"  # the int8 parity report's entry for int8 with bf16 elsewhere

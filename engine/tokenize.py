@@ -40,11 +40,12 @@ def normalize_pairs(pairs: object) -> list[Pair]:
         pairs = pairs.tolist()
     if not isinstance(pairs, Sequence):
         try:
-            pairs = list(pairs)  # generators, pandas columns, ...
+            pairs = list(pairs)  # type: ignore[call-overload]  # generators, pandas columns, ...; TypeError below
         except TypeError as exc:
             raise InvalidInputTypeError(f"pairs must be iterable, got {type(pairs).__name__}") from exc
     out: list[Pair] = []
-    for i, pair in enumerate(pairs):
+    pair: object
+    for i, pair in enumerate(pairs):  # type: ignore[arg-type]  # a Sequence by now
         if isinstance(pair, (str, bytes)) or not isinstance(pair, (Sequence, np.ndarray)):
             raise InvalidInputTypeError(
                 f"pair {i} has type {type(pair).__name__}; expected a (query, document) pair of strings", i)
@@ -85,6 +86,13 @@ class PairTokenizer:
         self.max_length = max_length
         self.pad_id = pad_id
 
+
+    @classmethod
+    def for_artifact(cls, artifact, max_length: int | None = None) -> PairTokenizer:
+        """The artifact's tokenizer with its manifest's special ids and vocabulary; ``max_length`` may shorten."""
+        spec = artifact.tokenizer_spec
+        return cls(artifact.tokenizer_path, max_length or artifact.max_length, spec["pad_id"], spec["cls_id"],
+                   spec["sep_id"], artifact.manifest["architecture"].get("vocab_size"))
     def encode(self, pairs: list[Pair]) -> list[list[int]]:
         """Token ids per pair (no padding), truncated to ``max_length``."""
         if not pairs:

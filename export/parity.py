@@ -4,15 +4,33 @@ Metrics per precision: max |Δ| (absolute, and relative to the reference's score
 mean |Δ|, Spearman correlation over all pairs, and mean top-10 agreement per query group.
 Default tolerances were set on the distilled 17m fixture (scores spread like a trained
 reranker's), not on random weights, which squeeze scores and exaggerate every error.
+
+:func:`check_precision` scores a graph on every installed backend that may run it, the way
+the runtime does: backends from the engine's one factory (``create_backend``), scores from its
+scoring core (``score_ids``). It must not plan, pad or run batches itself.
 """
 
 from __future__ import annotations
 
-from rerankrt.engine.agreement import Tolerance, average_ranks, compare, spearman, top_k_agreement
-from rerankrt.engine.errors import ParityError
+import dataclasses
+from pathlib import Path
 
-__all__ = ["DEFAULT_TOLERANCES", "Tolerance", "average_ranks", "compare", "enforce", "format_report", "spearman",
-           "top_k_agreement"]
+import numpy as np
+
+from rerankrt.engine.agreement import Tolerance, average_ranks, compare, spearman, top_k_agreement
+from rerankrt.engine.backends import create_backend
+from rerankrt.engine.errors import ParityError
+from rerankrt.engine.hardware import cpu_info
+from rerankrt.engine.scoring import score_ids
+from rerankrt.engine.selection import CPU_BACKENDS, OPENVINO_INT8_BF16, installed
+
+from .calibration import TOKEN_BUDGET
+
+__all__ = ["DEFAULT_TOLERANCES", "Tolerance", "average_ranks", "check_precision", "compare", "enforce",
+           "format_report", "score_graph", "spearman", "top_k_agreement"]
+
+_BY_BACKEND_FIELDS = ("max_abs_delta", "max_rel_delta", "spearman", "top10_agreement", "passed",
+                      "inference_precision")
 
 
 DEFAULT_TOLERANCES = {
@@ -21,6 +39,53 @@ DEFAULT_TOLERANCES = {
     "bf16": Tolerance(max_rel_delta=2e-2, min_spearman=0.995, min_top10=0.95),
     "int8": Tolerance(max_rel_delta=5e-2, min_spearman=0.995, min_top10=0.95),
 }
+
+
+def score_graph(graph_path: Path, precision: str, backend: str, token_ids: list[list[int]], pad_id: int,
+                num_labels: int = 1, threads: int | None = None, options: dict | None = None
+                ) -> tuple[np.ndarray, str | None]:
+    """Logits ``[n, num_labels]`` in input order from one backend, and what it ran between quantized ops."""
+    created = create_backend(graph_path, precision=precision, backend=backend, threads=threads, options=options)
+    # The calibration's token budget (several mixed-length batches), each padded to its own longest
+    # row: the widths the gate has always scored, for every backend. The runtime's width multiple
+    # (OpenVINO int8 rounds widths up to 16) changes OpenVINO's int8 logits in the last bits (up to
+    # 6e-3 with bf16 between the matmuls, tiny fixture), so adopting it would move the gate's numbers.
+    policy = dataclasses.replace(created.policy, token_budget=TOKEN_BUDGET, pad_to_multiple_of=1)
+    return score_ids(created.backend, token_ids, policy, pad_id, num_labels), created.backend.inference_precision
+
+
+def check_precision(precision: str, graph_path: Path, token_ids: list[list[int]], pad_id: int,
+                    reference: np.ndarray, groups: list[int], tolerance: Tolerance, num_labels: int = 1,
+                    threads: int | None = None) -> dict:
+    """Compare one precision on every installed backend that may run it; all must pass.
+
+    ``reference`` holds the PyTorch scores (first label) in input order.
+    """
+    backends = [b for b in CPU_BACKENDS[precision] if installed(b)]
+    if not backends:
+        raise ValueError(f"cannot verify {precision}: it needs {' or '.join(CPU_BACKENDS[precision])} installed "
+                         f"(pip install 'rerankrt[openvino]')")
+    runs = [(name, name, {}) for name in backends]
+    optional = set()
+    if precision == "int8" and "openvino" in backends and cpu_info().has_bf16:
+        # int8 with bf16 between its matmuls: faster on BF16 CPUs, used there only if it passes
+        # here; failing it keeps int8 (f32 elsewhere), so it does not fail the export
+        runs.append((OPENVINO_INT8_BF16, "openvino", {"inference_precision": "bf16"}))
+        optional.add(OPENVINO_INT8_BF16)
+    reports = {}
+    for label, name, options in runs:
+        logits, between = score_graph(graph_path, precision, name, token_ids, pad_id, num_labels, threads, options)
+        reports[label] = compare(reference, logits[:, 0], groups, tolerance)
+        reports[label]["inference_precision"] = between
+    primary = dict(reports[backends[0]])
+    primary["backend"] = backends[0]
+    if len(reports) > 1:
+        primary["by_backend"] = {name: {k: r[k] for k in _BY_BACKEND_FIELDS if k in r} for name, r in reports.items()}
+        failed = [name for name, r in reports.items() if not r["passed"] and name not in optional]
+        if failed:
+            primary["passed"] = False
+            primary["failures"] = [f"{name}: {'; '.join(reports[name]['failures'])}" for name in failed]
+    return primary
 
 
 def format_report(reports: dict[str, dict]) -> str:

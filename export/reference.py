@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .calibration import padded_batches
 from .source import SourceModel
+
+DESCRIPTION = "PyTorch fp32 (transformers eager attention + head)"
 
 _ACT = {"identity": nn.Identity, "gelu": nn.GELU, "tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid,
         "silu": nn.SiLU}
@@ -74,3 +77,12 @@ def reference_logits(module: ReferenceCrossEncoder, batches) -> np.ndarray:
     """Score padded batches ``[(ids, mask), ...]`` (numpy int64) and concatenate the logits."""
     outs = [module(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy() for ids, mask in batches]
     return np.concatenate(outs, axis=0) if outs else np.zeros((0, module.src.num_labels), np.float32)
+
+
+def score_reference(src: SourceModel, token_ids: list[list[int]], pad_id: int) -> np.ndarray:
+    """Reference logits ``[n, num_labels]`` in input order, from the calibration's padded batches."""
+    batches = padded_batches(token_ids, pad_id)
+    logits = reference_logits(load_reference(src), [(b.input_ids, b.attention_mask) for b in batches])
+    ordered = np.empty_like(logits)
+    ordered[np.concatenate([b.indices for b in batches])] = logits
+    return ordered

@@ -40,14 +40,14 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_tokenizer(work) -> Path:
-    from rerankrt.export.fixtures import build_modernbert_style_tokenizer
+    from builders import build_modernbert_style_tokenizer
 
     return build_modernbert_style_tokenizer(work / "modernbert-style-tokenizer.json")
 
 
 @pytest.fixture(scope="session")
 def tiny_model(work, local_tokenizer) -> Path:
-    from rerankrt.export.fixtures import make_ettin_fixture
+    from builders import make_ettin_fixture
 
     # a wider init than the default 0.02 spreads the random scores, so ordering bugs show
     return make_ettin_fixture(work / "ettin-tiny", "tiny", tokenizer_file=local_tokenizer, initializer_range=0.1)
@@ -63,7 +63,7 @@ def tiny_artifact(work, tiny_model) -> Path:
 
 @pytest.fixture(scope="session")
 def ettin17m_model(work, local_tokenizer) -> Path:
-    from rerankrt.export.fixtures import make_ettin_fixture
+    from builders import make_ettin_fixture
 
     return make_ettin_fixture(work / "ettin-17m", "17m", tokenizer_file=local_tokenizer)
 
@@ -88,14 +88,14 @@ def distilled_artifact(work) -> Path:
 
 @pytest.fixture(scope="session")
 def classic_bert_model(work, local_tokenizer) -> Path:
-    from rerankrt.export.fixtures import make_classic_fixture
+    from builders import make_classic_fixture
 
     return make_classic_fixture(work / "classic-bert", tokenizer_file=local_tokenizer, kind="bert")
 
 
 @pytest.fixture(scope="session")
 def classic_modernbert_model(work, local_tokenizer) -> Path:
-    from rerankrt.export.fixtures import make_classic_fixture
+    from builders import make_classic_fixture
 
     return make_classic_fixture(work / "classic-modernbert", tokenizer_file=local_tokenizer, kind="modernbert")
 

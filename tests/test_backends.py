@@ -50,3 +50,44 @@ def test_backend_registry(tiny_artifact):
         backend_class("nope")
     backend = backend_class("onnxruntime")(tiny_artifact / "model.fp32.onnx", precision="fp32", threads=1)
     assert isinstance(backend, Backend) and backend.device == "cpu"
+
+
+@pytest.mark.parametrize("name", available_backends())
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_every_backend_honours_the_contract(tiny_artifact, name, precision):
+    """One conformance test all backends pass (backends/base.py): what the scoring core relies on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from rerankrt.engine.backends import create_backend
+
+    created = create_backend(tiny_artifact / f"model.{precision}.onnx", precision=precision, backend=name, threads=1)
+    backend = created.backend
+    assert isinstance(backend, Backend) and backend.name == name and backend.precision == precision
+    assert isinstance(backend.pad_multiple, int) and backend.pad_multiple >= 1
+    assert created.policy.pad_to_multiple_of == backend.pad_multiple
+    assert isinstance(backend.overlaps_batches, bool)
+    assert backend.inference_precision is None or isinstance(backend.inference_precision, str)
+    info = backend.describe()
+    assert {"backend", "device", "precision", "inference_precision", "pad_multiple", "overlaps_batches"} <= set(info)
+    rng = np.random.default_rng(0)
+    batches = []
+    for rows, width in ((1, 5), (3, 17), (2, 64)):
+        ids = rng.integers(5, 1000, size=(rows, width)).astype(np.int64)
+        mask = np.ones_like(ids)
+        mask[-1, width // 2:] = 0  # a padded row
+        ids[mask == 0] = 0
+        batches.append((ids, mask))
+    singles = [backend.run(i, m) for i, m in batches]
+    for (ids, _), out in zip(batches, singles):
+        assert out.dtype == np.float32 and out.shape == (len(ids), 1) and np.isfinite(out).all()
+    for one, many in zip(singles, backend.run_many(batches)):
+        np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-5)
+    with ThreadPoolExecutor(4) as pool:  # thread-safe: concurrent callers get the same answers
+        again = list(pool.map(lambda b: backend.run(*b), batches * 3))
+    for k, out in enumerate(again):
+        np.testing.assert_allclose(out, singles[k % 3], rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError):
+        create_backend(tiny_artifact / f"model.{precision}.onnx", precision=precision, backend=name,
+                       options={"no_such_option": 1})

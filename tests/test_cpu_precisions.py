@@ -125,7 +125,7 @@ def test_auto_precision_follows_the_cpu(bf16_artifact, tmp_path):
 
 def test_openvino_int8_runs_bf16_between_its_matmuls_only_where_gated_and_supported(cpu_artifact, monkeypatch,
                                                                                      tmp_path):
-    from rerankrt.engine import reranker as reranker_module
+    from rerankrt.engine import selection as selection_module
     from rerankrt.engine.backends import openvino as ov_backend
     from rerankrt.engine.hardware import cpu_info
     from rerankrt.engine.selection import OPENVINO_INT8_BF16, choose_inference_precision
@@ -163,7 +163,7 @@ def test_openvino_int8_runs_bf16_between_its_matmuls_only_where_gated_and_suppor
 
     # refused cleanly where it cannot run or does not apply
     monkeypatch.setattr(ov_backend, "cpu_info", lambda: ZEN2)
-    monkeypatch.setattr(reranker_module, "choose_inference_precision",
+    monkeypatch.setattr(selection_module, "choose_inference_precision",  # create_backend reads it from there
                         lambda *a, **k: choose_inference_precision(*a, cpu=ZEN2))
     assert Reranker.from_pretrained(cpu_artifact, precision="int8", backend="openvino").backend \
         .inference_precision == "f32"

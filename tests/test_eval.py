@@ -15,7 +15,7 @@ pytest.importorskip("ir_measures", reason="the [eval] extra is not installed")
 pytest.importorskip("bm25s", reason="the [eval] extra is not installed")
 
 from rerankrt.engine import Reranker  # noqa: E402
-from rerankrt.engine.batch import ireval  # noqa: E402
+from rerankrt.engine.offline import ireval  # noqa: E402
 
 TOPICS = ["bridge", "river", "castle", "harbour", "forest", "glacier"]
 

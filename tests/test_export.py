@@ -130,7 +130,8 @@ def test_mean_pooling_modular_model(tmp_path, local_tokenizer):
     from sentence_transformers import CrossEncoder
 
     from rerankrt.engine import Reranker
-    from rerankrt.export.fixtures import make_ettin_fixture
+
+    from builders import make_ettin_fixture
 
     model = make_ettin_fixture(tmp_path / "mean", "tiny", tokenizer_file=local_tokenizer, pooling="mean",
                                initializer_range=0.1, max_length=256)

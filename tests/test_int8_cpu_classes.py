@@ -150,3 +150,18 @@ def test_older_manifests_without_a_cpu_class_are_rechecked(ettin17m_artifact, tm
     (art / "manifest.json").write_text(json.dumps(m))
     loaded = Reranker.from_pretrained(art, precision="int8", backend="onnxruntime")
     assert loaded.int8_check.gate_class is None and loaded.int8_check.status == "passed"
+
+
+def test_rerankrt_info_says_where_int8_was_gated_and_what_the_check_found(ettin17m_artifact, tmp_path, cache):
+    import subprocess
+    import sys
+
+    art = _regated(ettin17m_artifact, tmp_path / "art", "x86-some-other-class")
+    env = {**__import__("os").environ, "RERANKRT_CACHE": str(cache.parent)}
+    done = subprocess.run([sys.executable, "-m", "rerankrt.engine.cli", "info", str(art)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"this CPU {cpu_info().int8_class}" in done.stdout
+    assert "the parity gate ran on x86-some-other-class" in done.stdout
+    auto = next(line for line in done.stdout.splitlines() if line.startswith("auto here"))
+    assert "re-checked on this CPU" in auto and "passed" in auto

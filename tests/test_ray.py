@@ -1,4 +1,5 @@
-"""``rerankrt.integrations.ray`` on a local Ray instance: every row keeps its identity and gets predict's score."""
+"""``rerankrt.engine.integrations.ray`` on a local Ray instance: every row keeps its identity and gets
+predict's score."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
 from rerankrt.engine import Reranker  # noqa: E402
-from rerankrt.integrations.ray import rerank_dataset  # noqa: E402
+from rerankrt.engine.integrations.ray import rerank_dataset  # noqa: E402
 
 from conftest import EDGE_PAIRS, realistic_pairs  # noqa: E402
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from rerankrt.engine import Reranker
-from rerankrt.engine.batch import ChunkScorer, Fields, ScoreJob, score_file
 from rerankrt.engine.errors import RerankrtError
+from rerankrt.engine.offline import ChunkScorer, Fields, ScoreJob, score_file
 
 from conftest import EDGE_PAIRS, realistic_pairs
 

@@ -253,7 +253,8 @@ def test_api_key_guards_everything_but_health(reranker):
         body = {"query": "q", "documents": ["a"]}
         assert server.client.get("/health").status_code == 200
         for method, path in (("post", "/v1/rerank"), ("post", "/rerank"), ("get", "/info"), ("get", "/metrics")):
-            kwargs = {"json": body if path == "/v1/rerank" else {"query": "q", "texts": ["a"]}} if method == "post" else {}
+            kwargs = ({"json": body if path == "/v1/rerank" else {"query": "q", "texts": ["a"]}}
+                      if method == "post" else {})
             r = getattr(server.client, method)(path, **kwargs)
             assert r.status_code == 401 and r.json()["error"]["type"] == "unauthorized", path
             wrong = getattr(server.client, method)(path, headers={"Authorization": "Bearer nope"}, **kwargs)

@@ -43,7 +43,8 @@ def test_runtime_scores_without_the_training_stack(tiny_artifact):
 
 def test_runtime_works_without_openvino(tiny_artifact):
     """openvino is optional: with it unimportable, auto falls back to onnxruntime."""
-    result = subprocess.run([sys.executable, "-c", BLOCKER.replace('"optimum",', '"optimum", "openvino",') + textwrap.dedent(f"""
+    result = subprocess.run([sys.executable, "-c",
+                             BLOCKER.replace('"optimum",', '"optimum", "openvino",') + textwrap.dedent(f"""
         from rerankrt.engine import Reranker
         r = Reranker.from_pretrained({str(tiny_artifact)!r}, precision="auto")
         assert r.backend.name == "onnxruntime", r.backend.name

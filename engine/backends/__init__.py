@@ -12,11 +12,15 @@ import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..artifact import Artifact
 from ..batching import BatchPolicy
 from ..errors import BackendUnavailableError
 from .base import Backend, BackendBase
+
+if TYPE_CHECKING:
+    from ..int8_check import Int8Check
 
 __all__ = ["Backend", "BackendBase", "Created", "available_backends", "backend_class", "batch_policy",
            "create_backend"]
@@ -62,7 +66,7 @@ class Created:
 
     backend: Backend
     policy: BatchPolicy
-    int8_check: object | None = None  # int8_check.Int8Check
+    int8_check: Int8Check | None = None
 
 
 def create_backend(source: Artifact | Path, precision: str = "auto", backend: str = "auto", device: str = "cpu",

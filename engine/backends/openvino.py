@@ -81,7 +81,7 @@ class OpenVinoBackend(BackendBase):
         self.pad_multiple = _PAD_MULTIPLE.get(precision, 1)
         core = ov.Core()
         if cache_dir is not False:  # False: no compile cache
-            cache = Path(cache_dir) if cache_dir else default_cache_dir()
+            cache = Path(cache_dir) if isinstance(cache_dir, (str, Path)) else default_cache_dir()
             try:
                 cache.mkdir(parents=True, exist_ok=True)
                 core.set_property({"CACHE_DIR": str(cache)})

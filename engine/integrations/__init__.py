@@ -1,1 +1,1 @@
-"""rerankrt.integrations — front-ends on existing scale-out engines (Ray); each is an optional extra."""
+"""rerankrt.engine.integrations — front-ends on existing scale-out engines (Ray); each is an optional extra."""

@@ -7,7 +7,7 @@ actor) and adds a score column to every batch it is given, so every output row i
 plus its score: row identity holds whatever order Ray finishes blocks in.
 
     import ray
-    from rerankrt.integrations.ray import rerank_dataset
+    from rerankrt.engine.integrations.ray import rerank_dataset
 
     ds = ray.data.read_parquet("s3://bucket/pairs/")           # columns: query, document, …
     scored = rerank_dataset(ds, "/models/ettin-17m", concurrency=8, num_cpus=2)

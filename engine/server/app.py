@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -249,7 +250,7 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
         scores = scored.scores(body.raw_scores)
         results = []
         for i in rank_order(scores, body.top_n):
-            item = {"index": int(i), "relevance_score": float(scores[i])}
+            item: dict[str, Any] = {"index": int(i), "relevance_score": float(scores[i])}
             if body.return_documents:
                 doc = body.documents[i]
                 item["document"] = {"text": doc} if isinstance(doc, str) else doc.model_dump()
@@ -267,7 +268,7 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
         scores = scored.scores(body.raw_scores)
         out = []
         for i in rank_order(scores):
-            item = {"index": int(i), "score": float(scores[i])}
+            item: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
             if body.return_text:
                 item["text"] = body.texts[i]
             out.append(item)

@@ -9,6 +9,7 @@ not a server that answers 503 forever. uvicorn owns the sockets and signals: on 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections.abc import Sequence
 
@@ -50,8 +51,8 @@ def serve(specs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, confi
     app = create_app(models, config)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, workers=1,
-        timeout_graceful_shutdown=graceful_timeout_s if graceful_timeout_s is not None
-        else config.request_timeout_s + 5))
+        timeout_graceful_shutdown=math.ceil(graceful_timeout_s if graceful_timeout_s is not None
+                                            else config.request_timeout_s + 5)))
 
     def after_drain(signum: int, frame) -> None:
         # uvicorn handles SIGTERM/SIGINT itself (graceful drain), then re-raises the signal with

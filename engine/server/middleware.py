@@ -71,7 +71,8 @@ class BodyLimitAndMetrics:
     @staticmethod
     async def _read_body(receive, limit: int) -> tuple[bytes, bool]:
         """The whole body (bounded by ``limit``), and whether the client left while sending it."""
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -88,5 +89,6 @@ class BodyLimitAndMetrics:
     async def _reply(send, status: int, body: dict) -> None:
         payload = json.dumps(body).encode()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})

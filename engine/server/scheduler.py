@@ -229,9 +229,9 @@ class BatchScheduler:
             return np.asarray([i for i in indices if not window[i][0].cancelled], dtype=np.int64)
 
         for result in iter_batch_logits(self.backend, rows, self.policy, self.pad_id, keep=live, catch_errors=True):
-            if result.error is not None:  # fail the requests in this batch, keep serving
+            if result.error is not None or result.logits is None:  # fail the requests in this batch, keep serving
                 for i in result.indices:
-                    _settle(window[i][0].future, error=result.error)
+                    _settle(window[i][0].future, error=result.error or RuntimeError("the backend returned nothing"))
                 continue
             seconds = result.seconds
             rate = result.padded_tokens / seconds if seconds > 0 else 0.0

@@ -1,4 +1,4 @@
-"""Request and response bodies of the two rerank APIs clients already speak.
+"""Request bodies of the two rerank APIs clients already speak (app.py builds the responses after →).
 
 * ``POST /v1/rerank``: Cohere v2 / Jina (``query``, ``documents`` as strings or ``{"text"}``,
   ``top_n``, ``return_documents``) → ``results: [{index, relevance_score, document?}]``;
@@ -33,20 +33,6 @@ class RerankRequest(BaseModel):
         default=False, description="rerankrt extension: raw logits instead of sigmoid relevance in [0, 1]")
 
 
-class RerankResult(BaseModel):
-    index: int
-    relevance_score: float
-    document: dict | None = None
-
-
-class RerankResponse(BaseModel):
-    id: str
-    model: str
-    results: list[RerankResult]
-    meta: dict
-    usage: dict
-
-
 class TeiRerankRequest(BaseModel):
     model: StrictStr | None = None
     query: StrictStr
@@ -55,9 +41,3 @@ class TeiRerankRequest(BaseModel):
     return_text: StrictBool = False
     truncate: StrictBool | None = None
     truncation_direction: Literal["Right", "right"] = "Right"
-
-
-class TeiRank(BaseModel):
-    index: int
-    score: float
-    text: str | None = None

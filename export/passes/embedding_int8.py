@@ -19,9 +19,13 @@ the result like any other precision.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from .base import Graph, PassContext, load_model
 
 IDS_INPUT = "input_ids"
 
@@ -85,3 +89,8 @@ def quantize_embedding_table(model: onnx.ModelProto, ids_input: str = IDS_INPUT)
     return {"embedding": "int8, symmetric per-row scales (Gather → Cast → Mul)",
             "embedding_bytes": {"before": int(table.nbytes), "after": int(quantized.nbytes + scale.nbytes)},
             "embedding_max_abs_error": float(error.max())}
+
+
+def apply(graph: Graph, out_path: Path, context: PassContext) -> tuple[onnx.ModelProto, dict]:
+    model = load_model(graph)
+    return model, quantize_embedding_table(model)

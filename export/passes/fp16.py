@@ -8,9 +8,14 @@ tagged (fp16 cannot represent positions beyond 2,048 exactly), plus ops listed b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 
+from .base import Graph, PassContext, load_model
+
 FP32_OPS = ["Range", "Cos", "Sin"]
+METHOD = "onnxruntime.transformers.float16 (positions, RoPE angles and masks kept fp32)"
 
 
 def tagged_fp32_nodes(model: onnx.ModelProto) -> list[str]:
@@ -25,3 +30,9 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
     return convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS,
                                     node_block_list=tagged_fp32_nodes(model))
+
+
+def apply(graph: Graph, out_path: Path, context: PassContext) -> tuple[onnx.ModelProto, dict]:
+    model = load_model(graph)
+    kept = tagged_fp32_nodes(model)
+    return convert_to_fp16(model), {"method": METHOD, "fp32_nodes": len(kept), "fp32_ops": list(FP32_OPS)}

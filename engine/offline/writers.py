@@ -21,6 +21,8 @@ import numpy as np
 from .records import Record
 from .trec import format_run_lines
 
+SCORE_FIELD = "score"  # grouped rows get "scores"
+
 
 def _score_value(scores: np.ndarray, grouped: bool):
     values = scores.tolist()
@@ -31,8 +33,8 @@ class TextWriter:
     """JSONL / CSV / TSV / TREC lines appended to ``<output>.partial``."""
 
     def __init__(self, output: Path, fmt: str, position: int = 0, header: list[str] | None = None,
-                 score_field: str = "score", top_k: int | None = None) -> None:
-        self.output, self.fmt, self.score_field, self.top_k = Path(output), fmt, score_field, top_k
+                 top_k: int | None = None) -> None:
+        self.output, self.fmt, self.top_k = Path(output), fmt, top_k
         self.partial = self.output.with_name(self.output.name + ".partial")
         mode = "r+b" if position and self.partial.exists() else "wb"
         self._fh = open(self.partial, mode)  # noqa: SIM115 - closed in close()/finalize()
@@ -40,13 +42,13 @@ class TextWriter:
         self._fh.seek(position)
         self._columns: list[str] | None = None
         if fmt in ("csv", "tsv"):
-            self._columns = [*header, *([score_field] if score_field not in header else [])] if header else None
+            self._columns = [*header, *([SCORE_FIELD] if SCORE_FIELD not in header else [])] if header else None
             if position == 0 and self._columns:
                 self._write_text(self._delimited([dict(zip(self._columns, self._columns))]))
 
     def _delimited(self, rows: list[dict]) -> str:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self._columns, delimiter="\t" if self.fmt == "tsv" else ",",
+        writer = csv.DictWriter(buffer, fieldnames=self._columns or [], delimiter="\t" if self.fmt == "tsv" else ",",
                                 lineterminator="\n", extrasaction="ignore")
         writer.writerows(rows)
         return buffer.getvalue()
@@ -59,11 +61,11 @@ class TextWriter:
             self._write_text("".join(format_run_lines(r.meta["qid"], r.meta["docids"], s, top_k=self.top_k)
                                      for r, s in zip(records, scores)))
         elif self.fmt == "jsonl":
-            self._write_text("".join(json.dumps({**r.row, self.score_field + ("s" if r.grouped else ""):
+            self._write_text("".join(json.dumps({**r.row, SCORE_FIELD + ("s" if r.grouped else ""):
                                                  _score_value(s, r.grouped)}, ensure_ascii=False) + "\n"
                                      for r, s in zip(records, scores)))
         else:
-            self._write_text(self._delimited([{**r.row, self.score_field: repr(float(s[0]))}
+            self._write_text(self._delimited([{**r.row, SCORE_FIELD: repr(float(s[0]))}
                                               for r, s in zip(records, scores)]))
 
     def commit(self) -> int:
@@ -86,8 +88,8 @@ class ParquetWriter:
     """Parquet: one part file per chunk (a crash can only lose a part that was never committed),
     merged into one file at the end, one row group per part so memory stays flat."""
 
-    def __init__(self, output: Path, position: int = 0, score_field: str = "score") -> None:
-        self.output, self.score_field = Path(output), score_field
+    def __init__(self, output: Path, position: int = 0) -> None:
+        self.output = Path(output)
         self.parts = self.output.with_name(self.output.name + ".parts")
         if position == 0:
             shutil.rmtree(self.parts, ignore_errors=True)
@@ -101,7 +103,7 @@ class ParquetWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = [{**r.row, self.score_field + ("s" if r.grouped else ""): _score_value(s, r.grouped)}
+        rows = [{**r.row, SCORE_FIELD + ("s" if r.grouped else ""): _score_value(s, r.grouped)}
                 for r, s in zip(records, scores)]
         if not rows:
             return
@@ -135,7 +137,7 @@ class ParquetWriter:
         if writer is None:  # no rows at all: an empty file with just the score column
             import pyarrow as pa
 
-            pq.write_table(pa.table({self.score_field: pa.array([], pa.float32())}), partial)
+            pq.write_table(pa.table({SCORE_FIELD: pa.array([], pa.float32())}), partial)
         os.replace(partial, self.output)
         shutil.rmtree(self.parts, ignore_errors=True)
 

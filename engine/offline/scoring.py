@@ -12,11 +12,14 @@ import collections
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from ..reranker import Reranker
 from ..scoring import Encoded, activate
+
+T = TypeVar("T")  # the tag a caller attaches to each chunk
 
 
 @dataclass
@@ -26,19 +29,11 @@ class ChunkScores:
     truncated: int
 
 
-def tokenize_pairs(reranker: Reranker, pairs: list[tuple[str, str]]) -> Encoded:
-    return reranker.encode(pairs)
-
-
 def infer_tokens(reranker: Reranker, encoded: Encoded, activation: str | None) -> ChunkScores:
     """The scoring core's second and third steps on one chunk: ids → logits → scores."""
     logits = reranker.logits_for_token_ids(encoded.token_ids)
     scores = activate(logits, activation, reranker.activation)
     return ChunkScores(scores, encoded.tokens, int(encoded.truncated.sum()))
-
-
-def score_pairs(reranker: Reranker, pairs: list[tuple[str, str]], activation: str | None) -> ChunkScores:
-    return infer_tokens(reranker, tokenize_pairs(reranker, pairs), activation)
 
 
 # -- worker processes (module-level: picklable) --------------------------------------------------
@@ -51,7 +46,8 @@ def _init_worker(artifact: str, options: dict, activation: str | None) -> None:
 
 
 def _score_in_worker(pairs: list[tuple[str, str]]) -> ChunkScores:
-    return score_pairs(_WORKER["reranker"], pairs, _WORKER["activation"])
+    reranker = _WORKER["reranker"]
+    return infer_tokens(reranker, reranker.encode(pairs), _WORKER["activation"])
 
 
 class _Both:
@@ -68,7 +64,8 @@ class _Both:
 class ChunkScorer:
     """``map(chunks)`` → ``ChunkScores`` in chunk order, with at most ``depth`` chunks in flight."""
 
-    def __init__(self, submit: Callable[[list], Future], executor: Executor, depth: int, describe: str) -> None:
+    def __init__(self, submit: Callable[[list], Future], executor: Executor | _Both, depth: int,
+                 describe: str) -> None:
         self._submit, self._executor, self.depth, self.describe = submit, executor, depth, describe
 
     @classmethod
@@ -82,7 +79,7 @@ class ChunkScorer:
         inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankrt-score")
 
         def submit(pairs: list[tuple[str, str]]) -> Future:
-            tokenized = tokenizer.submit(tokenize_pairs, reranker, pairs)
+            tokenized = tokenizer.submit(reranker.encode, pairs)
             return inference.submit(lambda: infer_tokens(reranker, tokenized.result(), activation))
 
         return cls(submit, _Both(tokenizer, inference), depth=2,
@@ -97,9 +94,9 @@ class ChunkScorer:
         return cls(lambda pairs: executor.submit(_score_in_worker, pairs), executor, depth=workers + 1,
                    describe=f"{workers} processes × {options.get('threads', 1)} thread(s)")
 
-    def map(self, chunks: Iterable[tuple[object, list[tuple[str, str]]]]) -> Iterator[tuple[object, ChunkScores]]:
+    def map(self, chunks: Iterable[tuple[T, list[tuple[str, str]]]]) -> Iterator[tuple[T, ChunkScores]]:
         """``(tag, pairs)`` in → ``(tag, scores)`` out, same order."""
-        pending: collections.deque[tuple[object, Future]] = collections.deque()
+        pending: collections.deque[tuple[T, Future]] = collections.deque()
         for tag, pairs in chunks:
             pending.append((tag, self._submit(pairs)))
             if len(pending) > self.depth:

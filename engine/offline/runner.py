@@ -17,8 +17,9 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import RerankrtError
 from .records import (
@@ -221,7 +222,7 @@ def score_file(job: ScoreJob, scorer: ChunkScorer, resume: bool = False, overwri
                 start += len(record.documents)
             writer.write(records, per_record)
             for item in chunk:
-                if isinstance(item, RowError):
+                if isinstance(item, RowError) and rejects is not None:  # without rejects, tagged() raised
                     rejects.write(item.line, item.reason, item.raw)
             done += len(chunk)
             summary.records += len(records)
@@ -254,3 +255,37 @@ def score_file(job: ScoreJob, scorer: ChunkScorer, resume: bool = False, overwri
     checkpoint.remove()
     summary.seconds = base_seconds + time.perf_counter() - started
     return summary
+
+
+def score_file_with_artifact(job: ScoreJob, artifact: str, *, precision: str = "auto", backend: str = "auto",
+                             threads: int | None = None, max_length: int | None = None, workers: int | None = None,
+                             activation: str | None = None, resume: bool = False, overwrite: bool = False,
+                             progress: bool = True) -> Summary:
+    """:func:`score_file` with the scorer built for ``artifact`` (a directory or hub id).
+
+    ``workers`` processes of one thread each, or this process with ``threads``; by default one
+    process per physical core, or this process alone when ``threads`` is given (measured:
+    benchmarks/bench_score.py). The job's ``model_id`` is set here, so a checkpoint is never
+    resumed with another model, precision or length.
+    """
+    from ..artifact import load_artifact
+    from ..hardware import physical_cores
+    from ..hub import resolve_model_dir
+    from ..reranker import Reranker
+    from ..selection import choose_precision
+
+    options: dict[str, Any] = {"precision": precision, "backend": backend, "max_length": max_length}
+    # which model and precision will score, without loading it here (worker processes load their own)
+    loaded = load_artifact(resolve_model_dir(artifact)[0])
+    chosen = choose_precision(loaded, precision, "cpu")
+    job = replace(job, model_id=f"{loaded.directory}:{chosen}:{max_length or loaded.max_length}")
+    if workers is None:
+        workers = 1 if threads else physical_cores()
+    if workers > 1:
+        scorer = ChunkScorer.processes(artifact, workers, {**options, "threads": 1}, activation)
+    else:
+        scorer = ChunkScorer.in_process(Reranker.from_pretrained(artifact, threads=threads, **options), activation)
+    try:
+        return score_file(job, scorer, resume=resume, overwrite=overwrite, progress=progress)
+    finally:
+        scorer.close()

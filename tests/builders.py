@@ -1,17 +1,21 @@
-"""Locally built Ettin-shaped CrossEncoders and a ModernBERT-style tokenizer, for tests and benchmarks.
+"""Random-weight Ettin-shaped and classic CrossEncoders and a ModernBERT-style tokenizer, for tests and benchmarks.
 
 Why: this workplace (and CI) cannot download models, yet every test must exercise the exact
-on-disk format the hub models use. The fixtures are random-weight models *saved by
+on-disk format the hub models use. The models are random-weight CrossEncoders *saved by
 sentence-transformers itself* (so ``modules.json``, the module folders and configs are the real
-thing), in the real Ettin shapes or a tiny one for fast tests. Build-time only: needs torch,
-transformers and sentence-transformers.
+thing), in the real Ettin shapes or a tiny one for fast tests. They live beside the tests, not in
+``rerankrt.export``: building a test model is no part of the product. Needs torch, transformers
+and sentence-transformers (imported inside the builders, so importing this module is cheap);
+``benchmarks/common.py`` imports it too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import string
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 # (hidden, layers, heads, intermediate) of the published Ettin encoders.
@@ -82,6 +86,28 @@ def build_modernbert_style_tokenizer(path: Path, bpe_vocab: int = 4000, seed: in
     return path
 
 
+@contextlib.contextmanager
+def _build_dir(seed: int, tokenizer_file: Path | None) -> Iterator[tuple[Path, Path]]:
+    """Seed torch; a scratch directory and the tokenizer file to use (built there when none is given)."""
+    import torch
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if tokenizer_file is None:
+            tokenizer_file = build_modernbert_style_tokenizer(tmp / "built-tokenizer.json", seed=seed)
+        yield tmp, Path(tokenizer_file)
+
+
+def _save_hf_tokenizer(tokenizer_file: Path, max_length: int, directory: Path) -> None:
+    """The tokenizer as transformers saves it beside a model, with ModernBERT's special tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), cls_token="[CLS]", sep_token="[SEP]",
+                            pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]",
+                            model_max_length=max_length).save_pretrained(directory)
+
+
 def make_ettin_fixture(out_dir: Path, size: str = "tiny", tokenizer_file: Path | None = None,
                        max_length: int = 7999, seed: int = 0, initializer_range: float = 0.02,
                        pooling: str = "cls") -> Path:
@@ -94,15 +120,11 @@ def make_ettin_fixture(out_dir: Path, size: str = "tiny", tokenizer_file: Path |
     from sentence_transformers import CrossEncoder
     from sentence_transformers.base.modules import Dense, Transformer
     from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
-    from transformers import ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast
+    from transformers import ModernBertConfig, ModernBertModel
 
     hidden, layers, heads, inter = ETTIN_SHAPES[size]
-    torch.manual_seed(seed)
     out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if tokenizer_file is None:
-            tokenizer_file = build_modernbert_style_tokenizer(tmp / "built-tokenizer.json", seed=seed)
+    with _build_dir(seed, tokenizer_file) as (tmp, tokenizer_file):
         config = ModernBertConfig(
             vocab_size=VOCAB_SIZE, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
             intermediate_size=inter, max_position_embeddings=8192, pad_token_id=50283, bos_token_id=50281,
@@ -111,10 +133,7 @@ def make_ettin_fixture(out_dir: Path, size: str = "tiny", tokenizer_file: Path |
             mlp_bias=False, num_labels=1)
         backbone = ModernBertModel(config)
         backbone.save_pretrained(tmp / "backbone")
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_file=str(tokenizer_file), cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
-            unk_token="[UNK]", mask_token="[MASK]", model_max_length=max_length)
-        tokenizer.save_pretrained(tmp / "backbone")
+        _save_hf_tokenizer(tokenizer_file, max_length, tmp / "backbone")
         transformer = Transformer(str(tmp / "backbone"))
         gen = torch.Generator().manual_seed(seed + 1)
         dense = Dense(hidden, hidden, bias=False, activation_function=torch.nn.GELU())
@@ -132,22 +151,16 @@ def make_ettin_fixture(out_dir: Path, size: str = "tiny", tokenizer_file: Path |
 def make_classic_fixture(out_dir: Path, tokenizer_file: Path | None = None, kind: str = "bert",
                          max_length: int = 512, seed: int = 0) -> Path:
     """A classic single-module CrossEncoder (``*ForSequenceClassification``), saved by sentence-transformers."""
-    import torch
     from sentence_transformers import CrossEncoder
     from transformers import (
         BertConfig,
         BertForSequenceClassification,
         ModernBertConfig,
         ModernBertForSequenceClassification,
-        PreTrainedTokenizerFast,
     )
 
-    torch.manual_seed(seed)
     out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if tokenizer_file is None:
-            tokenizer_file = build_modernbert_style_tokenizer(tmp / "built-tokenizer.json", seed=seed)
+    with _build_dir(seed, tokenizer_file) as (tmp, tokenizer_file):
         if kind == "bert":
             config = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                 intermediate_size=128, max_position_embeddings=max_length, num_labels=1,
@@ -161,8 +174,6 @@ def make_classic_fixture(out_dir: Path, tokenizer_file: Path | None = None, kind
                                       max_position_embeddings=8192)
             model = ModernBertForSequenceClassification(config)
         model.save_pretrained(tmp / "hf")
-        PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), cls_token="[CLS]", sep_token="[SEP]",
-                                pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]",
-                                model_max_length=max_length).save_pretrained(tmp / "hf")
+        _save_hf_tokenizer(tokenizer_file, max_length, tmp / "hf")
         CrossEncoder(str(tmp / "hf"), device="cpu", num_labels=1).save(str(out_dir))
     return out_dir

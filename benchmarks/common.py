@@ -1,0 +1,474 @@
+"""What the benchmark scripts share: paths to ../shared, the run settings, models and workloads,
+the worker measurement, the machine's description and the report writer.
+
+Why a module: every ``bench_*.py`` measures on the same models, pairs, threads and length, and
+records the same hardware and versions beside its numbers, so one definition keeps results
+comparable. The scripts run as ``python benchmarks/bench_x.py``, which puts ``benchmarks/`` first
+on ``sys.path``: ``import common`` needs no path edit. Importing it loads the standard library
+and numpy only; each helper imports rerankrt, torch or onnxruntime when called, so a worker pays
+in cold start and RSS only for its own stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+
+# Cold start is measured from the parent's spawn time; this marks when the interpreter reached
+# the benchmark's code (only the stdlib imported so far), so a report can split launch from loading.
+SCRIPT_START = time.time()
+
+import numpy as np  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+TOKENIZER_FILE = SHARED / "data" / "modernbert-tokenizer.json"
+DISTILLED_DIR = SHARED / "models" / "ettin-17m-distilled"
+DISTILLED_NAME = "17m-distilled"
+NEGCONSTRAINT_DIR = SHARED / "data" / "negconstraint"
+SCIFACT_FILE = SHARED / "data" / "scifact" / "abstracts.jsonl"
+
+# The one sys.path edit of the benchmarks: the random-weight model builders are test code
+# (tests/builders.py, not part of the installed package), and the benchmarks build the same models.
+sys.path.insert(1, str(REPO_ROOT / "tests"))
+from builders import ETTIN_SHAPES, make_ettin_fixture  # noqa: E402  (stdlib only at import time)
+
+THREADS = 2
+MAX_LENGTH = 512
+ST_BATCH_SIZES = (16, 32, 64)
+MODEL_NAMES = [*ETTIN_SHAPES, DISTILLED_NAME]  # what prepare_model builds or finds
+# st on 68m scores ~7 pairs/s on a 2-core machine: cap the big models so a run stays within an hour.
+DEFAULT_PAIRS_LIMIT = {"17m": 1000, "32m": 1000, "68m": 300, "150m": 300, DISTILLED_NAME: 1000}
+PEAK_SHAPE = (2048, 512, 2048)  # M, K, N of the matmul that measures the fp32 peak
+
+PredictFn = Callable[[list[tuple[str, str]], "int | None"], np.ndarray]
+RankFn = Callable[[str, list[str], "int | None"], list]
+
+
+def say(message: str) -> None:
+    """A progress line on stderr, tagged with the running script's name."""
+    print(f"[{Path(sys.argv[0]).stem}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and workloads, cached under --work.
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Model:
+    name: str
+    source_dir: Path  # the CrossEncoder directory sentence-transformers loads
+    artifact_dir: Path
+    pairs_limit: int
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Every query paired with every document, as in retrieve-then-rerank."""
+
+    name: str
+    queries: list[str]
+    documents: list[str]
+
+    def n_queries(self, pairs_limit: int) -> int:
+        """Whole queries only, so per-query top-10 and the rank latency see full candidate lists."""
+        return min(len(self.queries), max(1, pairs_limit // len(self.documents)))
+
+    def write_pairs(self, path: Path, n_queries: int) -> Path:
+        """The JSONL the workers read: every system scores exactly these pairs, in this order."""
+        with path.open("w", encoding="utf-8") as fh:
+            for qi, query in enumerate(self.queries[:n_queries]):
+                for doc in self.documents:
+                    fh.write(json.dumps({"query_index": qi, "query": query, "document": doc}) + "\n")
+        return path
+
+
+def model_names(models: str, smoke: bool, with_distilled: bool) -> list[str]:
+    """``--models`` as a list: the tiny model alone for ``--smoke``, else the sizes plus the distilled 17m."""
+    names = ["tiny"] if smoke else list(dict.fromkeys(models.split(",")))
+    if not smoke and with_distilled and DISTILLED_NAME not in names:
+        names.append(DISTILLED_NAME)
+    return names
+
+
+def refuse_unknown(choices: dict[str, tuple[list[str], list[str]]]) -> None:
+    """Stop with the known values when a ``label: (chosen, known)`` has a choice that is not known."""
+    for label, (chosen, known) in choices.items():
+        unknown = [c for c in chosen if c not in known]
+        if unknown:
+            raise SystemExit(f"unknown {label}(s) {unknown}; choose from {known}")
+
+
+def read_texts(path: Path) -> list[str]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for line in fh]
+
+
+def load_workloads(names: list[str], n_queries: int, n_docs: int, n_abstracts: int) -> list[Workload]:
+    """Sampled from ../shared/data at run time (the text never enters the repository)."""
+    rng = random.Random(0)  # same draws as random.seed(0) + random.sample
+    queries = rng.sample(read_texts(NEGCONSTRAINT_DIR / "queries.jsonl"), n_queries)
+    docs = rng.sample(read_texts(NEGCONSTRAINT_DIR / "corpus.jsonl"), n_docs)
+    abstracts = random.Random(0).sample(read_texts(SCIFACT_FILE), n_abstracts)
+    available = {"negconstraint": Workload("negconstraint", queries, docs),
+                 "scifact": Workload("scifact", queries, abstracts)}
+    return [available[name] for name in names]
+
+
+def prepare_model(name: str, work: Path, pairs_limit: int | None, precisions: tuple[str, ...] = ("fp32", "int8"),
+                  force_export: bool = False) -> Model:
+    """Build the fixture (unless it is the distilled model) and export it, reusing cached copies.
+
+    The cached artifact is re-exported when it lacks one of ``precisions`` or ``force_export`` is set.
+    """
+    from rerankrt.export.pipeline import export
+
+    rebuilt = False
+    if name == DISTILLED_NAME:
+        source = DISTILLED_DIR
+    else:
+        source = work / "fixtures" / name
+        if not (source / "modules.json").is_file():
+            say(f"building the random-weight {name} fixture")
+            partial = source.with_name(name + ".partial")  # a crash never leaves a half fixture behind
+            shutil.rmtree(partial, ignore_errors=True)
+            make_ettin_fixture(partial, name, tokenizer_file=TOKENIZER_FILE, max_length=7999)
+            shutil.rmtree(source, ignore_errors=True)
+            partial.rename(source)
+            rebuilt = True
+    artifact = work / "artifacts" / name
+    manifest = artifact / "manifest.json"
+    if (rebuilt or force_export or not manifest.is_file()
+            or set(precisions) - set(json.loads(manifest.read_text())["graphs"])):
+        say(f"exporting {name} ({', '.join(precisions)})")
+        export(str(source), artifact, precisions=list(precisions), allow_parity_failure=True, overwrite=True,
+               log=None)
+    limit = pairs_limit if pairs_limit is not None else DEFAULT_PAIRS_LIMIT.get(name, 1000)
+    return Model(name, source, artifact, limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: one system in a fresh process, spawned and read back by a driver.
+# ---------------------------------------------------------------------------------------------
+def read_pairs(path: Path) -> tuple[list[tuple[str, str]], list[int]]:
+    """Pairs and their query index (the group for per-query top-10 agreement and rank latency)."""
+    pairs, groups = [], []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            pairs.append((row["query"], row["document"]))
+            groups.append(row["query_index"])
+    return pairs, groups
+
+
+def load_scorer(system: str, model_dir: Path, artifact_dir: Path) -> tuple[PredictFn, RankFn]:
+    """``predict(pairs, batch_size)`` and ``rank(query, docs, batch_size)`` for one system.
+
+    Imports happen here, not at module level, so each worker pays only for its own stack
+    (torch + sentence-transformers, or onnxruntime) in cold start and RSS.
+    """
+    if system == "st":
+        import torch
+        from sentence_transformers import CrossEncoder
+
+        torch.set_num_threads(THREADS)
+        model = CrossEncoder(str(model_dir), device="cpu", max_length=MAX_LENGTH)
+
+        def st_predict(pairs: list[tuple[str, str]], batch_size: int | None) -> np.ndarray:
+            return np.asarray(model.predict(pairs, batch_size=batch_size or 32, show_progress_bar=False), np.float32)
+
+        def st_rank(query: str, docs: list[str], batch_size: int | None) -> list:
+            return model.rank(query, docs, batch_size=batch_size or 32, show_progress_bar=False)
+
+        return st_predict, st_rank
+
+    from rerankrt.engine import Reranker
+
+    # onnxruntime pinned: this script measures the core runtime; bench_cpu_peers.py covers OpenVINO
+    reranker = Reranker.from_pretrained(artifact_dir, precision=system.removeprefix("rerankrt-"), threads=THREADS,
+                                        max_length=MAX_LENGTH, backend="onnxruntime")
+    return (lambda pairs, batch_size: reranker.predict(pairs, batch_size=batch_size),
+            lambda query, docs, batch_size: reranker.rank(query, docs, batch_size=batch_size))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set.
+
+    ``VmHWM`` first: Linux carries ``ru_maxrss`` across fork + exec, so a worker spawned by a
+    driver that once held torch would report the driver's peak, not its own. ``ru_maxrss`` (KiB
+    on Linux) is the fallback where ``/proc`` is missing.
+    """
+    try:
+        with open("/proc/self/status", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+
+
+def measure_scorer(predict: PredictFn, rank: RankFn, pairs: list[tuple[str, str]], groups: list[int], passes: int,
+                   latency_calls: int, spawn_time: float, batch_sizes: tuple[int, ...] = ()) -> tuple[dict, np.ndarray]:
+    """Cold start, throughput, ``rank`` latency and peak RSS of a loaded scorer; returns ``(result, scores)``.
+
+    ``batch_sizes`` (sentence-transformers): try each and time the passes with the fastest;
+    empty (rerankrt and anything behind its ``Reranker``): batches are cut by the token budget.
+    The first call, one pair, ends the cold start that began at ``spawn_time`` in the parent.
+    """
+    predict(pairs[:1], None)
+    first_score = time.time()
+
+    if batch_sizes:
+        # sentence-transformers has a fixed batch size; give it its best one. The first (short)
+        # call pays one-off allocations so that no trial is penalised for going first.
+        predict(pairs[:max(batch_sizes)], max(batch_sizes))
+        trials = {bs: timed(partial(predict, pairs, bs))[0] for bs in batch_sizes}
+        batch_size = min(trials, key=trials.get)
+    else:
+        predict(pairs, None)  # warm-up pass; rerankrt cuts batches by its token budget
+        trials, batch_size = {}, None
+
+    pass_times, scores = [], None
+    for _ in range(passes):
+        seconds, scores = timed(partial(predict, pairs, batch_size))
+        pass_times.append(seconds)
+
+    by_query: dict[int, tuple[str, list[str]]] = {}
+    for (query, doc), group in zip(pairs, groups):
+        by_query.setdefault(group, (query, []))[1].append(doc)
+    queries = list(by_query.values())
+    latencies = []
+    for i in range(latency_calls):
+        query, docs = queries[i % len(queries)]
+        latencies.append(timed(partial(rank, query, docs, batch_size))[0] * 1e3)
+
+    median_pass = statistics.median(pass_times)
+    result = {
+        "n_pairs": len(pairs),
+        "batch_size": batch_size,
+        "batch_size_trials_s": {str(k): round(v, 4) for k, v in trials.items()},
+        "pass_times_s": [round(t, 4) for t in pass_times],
+        "pairs_per_s": len(pairs) / median_pass,
+        "rank_latency_ms": {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95)),
+                            "calls": len(latencies), "docs": len(queries[0][1])},
+        "cold_start_s": first_score - spawn_time,
+        "launch_s": SCRIPT_START - spawn_time,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+    return result, np.asarray(scores, np.float32)
+
+
+def write_worker_output(out_prefix: Path, result: dict, scores: np.ndarray | None) -> None:
+    """``<prefix>.json`` (timings, RSS) and, when scored, ``<prefix>.npy`` (the scores, input order)."""
+    if scores is not None:
+        np.save(out_prefix.with_suffix(".npy"), np.asarray(scores, np.float32))
+    out_prefix.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def worker_parser(prog: str, systems) -> argparse.ArgumentParser:
+    """The arguments every ``<script> worker`` takes; :func:`spawn_worker` adds the last two."""
+    parser = argparse.ArgumentParser(prog=prog, description="Measure one system (internal).")
+    parser.add_argument("--system", choices=list(systems), required=True)
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--artifact", type=Path, required=True)
+    parser.add_argument("--pairs", type=Path, required=True)
+    parser.add_argument("--passes", type=int, required=True)
+    parser.add_argument("--latency-calls", type=int, required=True)
+    parser.add_argument("--out-prefix", type=Path, required=True)
+    parser.add_argument("--spawn-time", type=float, required=True, help="parent's time.time() before spawning")
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, work_help: str) -> None:
+    """The driver options every model × system benchmark takes: where results and the cache go, the models."""
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "benchmarks" / "work", help=work_help)
+    parser.add_argument("--no-distilled", action="store_true", help=f"leave out {DISTILLED_NAME}")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny model, 2 queries × 10 docs, 1 timed pass, 2 latency calls: checks the script")
+
+
+def run_driver_or_worker(parse_args: Callable[[list[str]], argparse.Namespace],
+                         driver_main: Callable[[argparse.Namespace], None],
+                         worker_main: Callable[[argparse.Namespace], None]) -> None:
+    """``script worker ARGS`` measures one system (``args.mode == "worker"``); anything else drives the run."""
+    args = parse_args(sys.argv[1:])
+    (worker_main if args.mode == "worker" else driver_main)(args)
+
+
+def spawn_worker(script: Path, worker_args: list[str], out_prefix: Path, env: dict[str, str] | None = None) -> dict:
+    """Run ``script worker ARGS --spawn-time NOW`` and wait; returns the ``<out_prefix>.json`` it wrote.
+
+    One worker at a time: systems never overlap, so neither steals the other's cores. The spawn
+    time is taken last, just before the process starts, so cold start includes the interpreter.
+    """
+    out_prefix.with_suffix(".json").unlink(missing_ok=True)
+    command = [sys.executable, str(Path(script).resolve()), "worker", *worker_args, "--out-prefix", str(out_prefix),
+               "--spawn-time"]
+    command.append(repr(time.time()))
+    subprocess.run(command, check=True, env=env)
+    return json.loads(out_prefix.with_suffix(".json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the workload costs and how close two systems' scores are.
+# ---------------------------------------------------------------------------------------------
+def token_lengths(model: Model, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """Unpadded lengths with the artifact's own tokenizer, truncated at MAX_LENGTH as every system does."""
+    from rerankrt.engine.artifact import load_artifact
+    from rerankrt.engine.tokenize import PairTokenizer
+
+    artifact = load_artifact(model.artifact_dir)
+    tokenizer = PairTokenizer.for_artifact(artifact, MAX_LENGTH)
+    return np.array([len(ids) for ids in tokenizer.encode(pairs)], dtype=np.float64)
+
+
+def estimate_flops(config: dict, lengths: np.ndarray) -> float:
+    """Useful FLOPs of the encoder over the workload: an estimate, not a count.
+
+    Per token per layer: 2·(4H² + 3HI) for the QKV/output projections and the gated MLP, plus
+    2·2·S·H for QKᵀ and AV, with S the pair's length on global layers and min(S, window) on
+    sliding ones. Padding, embeddings, norms, softmax and the head are left out.
+    """
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    layers = config["num_hidden_layers"]
+    every = config.get("global_attn_every_n_layers", 1)
+    types = config.get("layer_types") or ["full_attention" if i % every == 0 else "sliding_attention"
+                                          for i in range(layers)]
+    window = config.get("local_attention", 128) + 1
+    dense = 2 * (4 * hidden * hidden + 3 * hidden * inter) * lengths.sum() * layers
+    attention = sum(float((4 * hidden * lengths * (lengths if kind == "full_attention"
+                                                   else np.minimum(lengths, window))).sum()) for kind in types)
+    return float(dense + attention)
+
+
+def measure_matmul_peak(threads: int = THREADS, runs: int = 15) -> dict:
+    """fp32 GFLOP/s of one large MatMul in onnxruntime: the ceiling the models' matmuls can approach.
+
+    B is an initializer, as weights are in the models, so onnxruntime may prepack it the same way.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k, n = PEAK_SHAPE
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "B")
+    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "matmul_peak",
+                              [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("C", TensorProto.FLOAT, [m, n])], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"A": rng.standard_normal((m, k), dtype=np.float32)}
+    for _ in range(3):
+        session.run(None, feed)
+    median_s = statistics.median(timed(lambda: session.run(None, feed))[0] for _ in range(runs))
+    return {"gflops": 2 * m * k * n / median_s / 1e9, "shape_mkn": list(PEAK_SHAPE), "threads": threads,
+            "runs": runs, "median_s": median_s}
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray, groups: list[int]) -> dict:
+    from rerankrt.export.parity import spearman, top_k_agreement
+
+    delta = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    score_range = float(reference.max() - reference.min())
+    return {"max_abs_delta": float(delta.max()),
+            "max_rel_delta": float(delta.max() / score_range) if score_range > 0 else None,
+            "reference_range": score_range, "spearman": spearman(reference, candidate),
+            "top10_agreement": top_k_agreement(reference, candidate, groups, k=10)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine and the report beside the numbers.
+# ---------------------------------------------------------------------------------------------
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("rerankrt", "torch", "onnxruntime", "onnx", "sentence-transformers", "transformers", "tokenizers",
+                "numpy", *extra):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def hardware_info() -> dict:
+    """What decides which precision wins: the CPU's vector/matrix features (AVX2, AVX-512, VNNI, BF16, AMX)."""
+    from rerankrt.engine.hardware import cpu_info
+
+    info = cpu_info()
+    return {"cpu": info.summary(), "flags": " ".join(sorted(info.flags)), "os_cpu_count": os.cpu_count(),
+            "platform": platform.platform()}
+
+
+def run_environment(extra_packages: tuple[str, ...] = ()) -> dict:
+    """Hardware, package versions and load: what every result file records beside its numbers."""
+    return {"hardware": hardware_info(), "versions": package_versions(extra_packages),
+            "load_average_1m": os.getloadavg()[0]}
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def hardware_lines(environment: dict) -> list[str]:
+    """The CPU and the features that decide which precision wins, as markdown bullets."""
+    hw, cpu = environment["hardware"], environment["hardware"]["cpu"]
+    flags = set(hw["flags"].split())
+    yes = {True: "yes", False: "no"}
+    return [
+        f"- CPU: {cpu['model']} — `os.cpu_count()` = {hw['os_cpu_count']}; every system uses {THREADS} threads",
+        f"- AVX2: {yes['avx2' in flags]} · AVX-512: {yes[cpu['avx512']]} · VNNI: {yes[cpu['vnni']]} · "
+        f"BF16: {yes[cpu['bf16']]} · AMX: {yes[bool({'amx_bf16', 'amx_int8'} & flags)]}",
+        f"- features: {' '.join(cpu['features'])}",
+    ]
+
+
+def load_line(environment: dict) -> str:
+    return (f"- 1-minute load average at start: {environment['load_average_1m']:.2f}"
+            + (" — **the machine was busy; timings are unreliable**" if environment["load_average_1m"] > 0.5 else ""))
+
+
+def write_summary(out: Path, run_id: str, latest: str, summary: str, jsonl: Path) -> None:
+    """``<run_id>.md`` and ``latest`` (the run's markdown summary; its rows are in ``jsonl``), then print it."""
+    (out / f"{run_id}.md").write_text(summary, encoding="utf-8")
+    (out / latest).write_text(summary, encoding="utf-8")
+    say(f"wrote {jsonl}, {out / (run_id + '.md')} and {out / latest}")
+    print(summary)
+
+
+def write_report(out: Path, prefix: str, title: str, command: str, environment: dict, rows: list[dict],
+                 body: list[str]) -> None:
+    """``<prefix>-<stamp>.json`` (rows + environment) and ``.md`` (title, command, hardware, ``body``);
+    prints the markdown."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{prefix}-{stamp}.json").write_text(
+        json.dumps({"stamp": stamp, "environment": environment, "rows": rows}, indent=1))
+    lines = [f"# {title} — {stamp}", "", f"Command: `{command}`", "", *hardware_lines(environment),
+             load_line(environment), "", *body]
+    (out / f"{prefix}-{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -1,0 +1,66 @@
+"""Static int8 pass (the default), with onnxruntime's quantization tools: calibrated Q/DQ.
+
+Weights int8 per channel (symmetric, 7-bit by default: ``reduce_range``), activations uint8
+with ranges from the calibration batches (MinMax); the MatMuls with weight initializers are
+quantized, except those ``matmuls.select_nodes`` keeps fp32. One file that onnxruntime,
+OpenVINO and TensorRT all read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from .base import Graph, PassContext, model_file
+from .matmuls import KEEP_FP32_LAYERS, fp32_layers, select_nodes
+
+
+class _BatchReader:
+    """Feeds calibration batches to onnxruntime's static quantization calibrator."""
+
+    def __init__(self, batches: list[tuple]) -> None:
+        self._iter = iter([{"input_ids": ids, "attention_mask": mask} for ids, mask in batches])
+
+    def get_next(self):
+        return next(self._iter, None)
+
+
+def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batches: list[tuple],
+                         keep_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS, per_channel: bool = True,
+                         reduce_range: bool = True) -> dict:
+    """Calibrated static int8 in the Q/DQ format: one file onnxruntime, OpenVINO and TensorRT all read.
+
+    Activation ranges come from the calibration batches (MinMax); weights are int8 per channel
+    (symmetric), activations uint8 (onnxruntime's U8S8 kernels use VNNI where present).
+
+    Only MatMul *inputs* are quantized, not their outputs (``OpTypesToExcludeOutputQuantization``).
+    By default the quantizer also re-quantizes every MatMul's output, which no consumer here
+    needs (residual adds, GeGLU and RoPE run in float): OpenVINO then kept those tensors in u8 and
+    ran the GeGLU and RoPE as unfused elementwise chains (zero-point Subtract and Convert nodes,
+    a quarter of the time). Measured on the distilled 17m, interleaved, same process (Zen 5, 2
+    threads, 300 negconstraint pairs, ``benchmarks/bench_int8_forms.py``, ``results/int8-forms-20261124-1140.md``):
+    OpenVINO 363 → 401 pairs/s (f32 between the int8 matmuls) and 448 → 548 (bf16), onnxruntime
+    315 → 358, max |Δ|/range 3.8e-3 → 3.0e-3.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(fp32_path))
+    nodes = select_nodes(model, num_layers, keep_fp32_layers)
+    quantize_static(str(fp32_path), str(out_path), _BatchReader(batches), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                    reduce_range=reduce_range, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
+                                   "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+    return {"method": "onnxruntime.quantize_static (QDQ, MinMax calibration)", "weight_type": "int8",
+            "activation_type": "uint8", "per_channel": per_channel,
+            "weight_bits": 7 if reduce_range else 8, "quantized_matmuls": len(nodes),
+            "quantized_tensors": "MatMul inputs (outputs stay float)",
+            "calibration_batches": len(batches),
+            "fp32_layers": fp32_layers(num_layers, keep_fp32_layers), "head": "fp32"}
+
+
+def apply(graph: Graph, out_path: Path, context: PassContext) -> tuple[Path, dict]:
+    return out_path, quantize_int8_static(model_file(graph, "int8_static"), out_path, context.num_layers,
+                                          context.calibration_batches)
