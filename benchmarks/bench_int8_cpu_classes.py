@@ -47,28 +47,25 @@ FORMS = {"8-bit weights (before)": False, "7-bit weights (reduce_range)": True}
 # Worker: scores every form on every runtime on this (possibly emulated) CPU.
 # ---------------------------------------------------------------------------------------------
 def _runners(path: Path, has_bf16: bool) -> dict[str, object]:
-    from rerankrt.engine.backends import backend_class
+    """Every runtime of the int8 graph, built by the engine's one factory (with its batch policy)."""
+    from rerankrt.engine.backends import create_backend
 
-    out = {"onnxruntime": backend_class("onnxruntime")(path, precision="int8", threads=common.THREADS),
-           "openvino f32": backend_class("openvino")(path, precision="int8", threads=common.THREADS,
-                                                      inference_precision="f32", cache_dir=False)}
+    ov = {"cache_dir": False}
+    out = {"onnxruntime": create_backend(path, "int8", "onnxruntime", threads=common.THREADS),
+           "openvino f32": create_backend(path, "int8", "openvino", threads=common.THREADS,
+                                          options={**ov, "inference_precision": "f32"})}
     if has_bf16:
-        out["openvino bf16"] = backend_class("openvino")(path, precision="int8", threads=common.THREADS,
-                                                          inference_precision="bf16", cache_dir=False)
+        out["openvino bf16"] = create_backend(path, "int8", "openvino", threads=common.THREADS,
+                                              options={**ov, "inference_precision": "bf16"})
     return out
 
 
-def _one_pass(backend, ids: list, pad_id: int) -> tuple[np.ndarray, float]:
-    from rerankrt.engine.batching import BatchPolicy, pad_batch, plan_batches
+def _one_pass(created, ids: list, pad_id: int) -> tuple[np.ndarray, float]:
+    """One timed pass through the scoring core (plan → pad → run, the runtime's own path)."""
+    from rerankrt.engine.scoring import score_ids
 
-    multiple = getattr(backend, "pad_multiple", 1)
-    lengths = np.array([len(t) for t in ids])
-    policy = BatchPolicy(token_budget=2048, max_batch_size=256, pad_to_multiple_of=multiple)
-    out = np.empty(len(ids), np.float32)
     started = time.perf_counter()
-    for idx in plan_batches(lengths, policy):
-        batch = pad_batch(ids, idx, pad_id, multiple)
-        out[batch.indices] = np.asarray(backend.run(batch.input_ids, batch.attention_mask)).reshape(-1)
+    out = score_ids(created.backend, ids, created.policy, pad_id)[:, 0]
     return out, time.perf_counter() - started
 
 

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import agreement
@@ -156,7 +156,3 @@ def check_int8(artifact: Artifact, backend, policy: BatchPolicy, threads: int | 
     _write_cache(cache, key, {"status": status, "report": report, "seconds": round(seconds, 3),
                               "checked": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return Int8Check(status, gated, here, seconds=seconds, report=report)
-
-
-def as_dict(check: Int8Check) -> dict:
-    return asdict(check)
