@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .batching import BatchPolicy, pad_batch, plan_batches
+from .batching import Batch, BatchPolicy, pad_batch, plan_batches
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,14 @@ def encode(tokenizer, pairs: Sequence[tuple[str, str]]) -> Encoded:
     """Tokenize pairs exactly as sentence-transformers does (``PairTokenizer``)."""
     token_ids, truncated = tokenizer.encode_with_truncation(list(pairs))
     return Encoded(token_ids, np.asarray(truncated, dtype=bool))
+
+
+def padded_batches(token_ids: list[list[int]], policy: BatchPolicy, pad_id: int) -> list[Batch]:
+    """Plan and pad every batch up front, longest first: for backends that overlap batches, and for
+    consumers that need the padded arrays themselves (the export's PyTorch reference and int8 calibration)."""
+    lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+    return [pad_batch(token_ids, indices, pad_id, policy.pad_to_multiple_of)
+            for indices in plan_batches(lengths, policy)]
 
 
 @dataclass

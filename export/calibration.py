@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rerankrt.engine.batching import Batch, BatchPolicy, pad_batch, plan_batches
+from rerankrt.engine import scoring
+from rerankrt.engine.batching import Batch, BatchPolicy
 from rerankrt.engine.builtin_pairs import builtin_pairs, group_ids
 from rerankrt.engine.tokenize import PairTokenizer
 
@@ -50,8 +51,7 @@ def load_calibration(tokenizer: PairTokenizer, calibration_file: str | Path | No
 
 def padded_batches(token_ids: list[list[int]], pad_id: int) -> list[Batch]:
     """Mixed-length padded batches, in the order the runtime would form them."""
-    lengths = np.array([len(t) for t in token_ids])
-    return [pad_batch(token_ids, idx, pad_id) for idx in plan_batches(lengths, BatchPolicy(token_budget=TOKEN_BUDGET))]
+    return scoring.padded_batches(token_ids, BatchPolicy(token_budget=TOKEN_BUDGET), pad_id)
 
 
 def calibration_batches(tokenizer: PairTokenizer, pairs: list[tuple[str, str]]) -> list[Batch]:
