@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 import numpy as np
@@ -196,6 +197,49 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(text: str, kind: type, what: str) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port to bind: 1..65535. Why checked here: the socket layer keeps the low 16 bits, so
+    70000 silently became 4464; and 0 (any free port) would leave clients not knowing where to go."""
+    value = int(_number(text, int, "an integer port"))
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1..65535)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """A count or limit: 0 or less would refuse everything (or, passed on, fail deep in the server)."""
+    value = int(_number(text, int, "an integer"))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """A timeout: 0 would expire everything at once; inf and nan are not deadlines."""
+    value = _number(text, float, "a number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    """A wait or grace period, where 0 means "none"."""
+    value = _number(text, float, "a number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server.config import ServerConfig
@@ -204,10 +248,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise RerankrtError(f"serving needs the [serve] extra (pip install 'rerankrt[serve]'): {exc}") from exc
     config = ServerConfig(
         max_documents=args.max_documents, max_document_bytes=args.max_document_bytes,
-        max_body_bytes=args.max_body_bytes, max_queued_pairs=args.max_queued_pairs, max_wait_ms=args.max_wait_ms,
-        window_tokens=args.window_tokens,
-        request_timeout_s=args.request_timeout, auto_truncate=not args.no_auto_truncate,
-        api_key=args.api_key or ServerConfig.api_key_from_env())
+        max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout,
+        auto_truncate=not args.no_auto_truncate, api_key=args.api_key or ServerConfig.api_key_from_env(),
+        max_concurrent_requests=args.max_concurrent_requests, max_client_concurrency=args.max_client_concurrency,
+        max_queued_pairs=args.max_queued_pairs, tokenize_threads=args.tokenize_threads,
+        max_tokenize_waiting=args.max_tokenize_waiting, max_wait_ms=args.max_wait_ms,
+        window_tokens=args.window_tokens, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections, drain_grace_s=args.drain_grace)
     serve(args.artifacts, host=args.host, port=args.port, config=config, log_level=args.log_level,
           precision=args.precision, backend=args.backend, threads=args.threads, max_length=args.max_length,
           token_budget=args.token_budget)
@@ -325,21 +372,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifacts", nargs="+", metavar="[NAME=]ARTIFACT",
                    help="one or more artifacts (directory or hub id); the first is the default model")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=_port, default=8080, help="TCP port, 1..65535 (default %(default)s)")
     p.add_argument("--precision", default="auto")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--token-budget", type=int, help="padded tokens per inference batch (default 2048 on CPU)")
-    p.add_argument("--max-documents", type=int, default=d.max_documents)
-    p.add_argument("--max-document-bytes", type=int, default=d.max_document_bytes)
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument("--max-queued-pairs", type=int, default=d.max_queued_pairs,
-                   help="pairs waiting per model before requests get 429")
-    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms)
-    p.add_argument("--window-tokens", type=int,
-                   help="queued tokens sorted together per scheduling window (default 32 × the token budget)")
-    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s)
+    p.add_argument("--threads", type=_positive_int, help="inference threads per model")
+    p.add_argument("--max-length", type=_positive_int, help="tokens per pair (default: the artifact's)")
+    p.add_argument("--token-budget", type=_positive_int,
+                   help="padded tokens per inference batch (default 2048 on CPU)")
+    # per request: above each limit the request gets 413, naming the limit
+    p.add_argument("--max-documents", type=_positive_int, default=d.max_documents,
+                   help="documents per request; more: 413 (default %(default)s)")
+    p.add_argument("--max-document-bytes", type=_positive_int, default=d.max_document_bytes,
+                   help="UTF-8 bytes per document or query; more: 413 (default %(default)s)")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=d.max_body_bytes,
+                   help="request body bytes; more: 413 (default %(default)s)")
+    p.add_argument("--request-timeout", type=_positive_seconds, default=d.request_timeout_s,
+                   help="seconds to score a request, else 504; a request may lower it with X-Request-Timeout "
+                   "(default %(default)s)")
+    # admission: over each limit the request gets 429 + Retry-After at once
+    p.add_argument("--max-concurrent-requests", type=_positive_int, default=d.max_concurrent_requests,
+                   help="rerank requests admitted and not yet answered; more: 429 (default %(default)s)")
+    p.add_argument("--max-client-concurrency", type=_positive_int, default=d.max_client_concurrency,
+                   help="such requests per client (API key, else peer address); more: 429 (default: no limit)")
+    p.add_argument("--max-queued-pairs", type=_positive_int, default=d.max_queued_pairs,
+                   help="pairs waiting per model; a request that does not fit: 429 (default %(default)s)")
+    p.add_argument("--tokenize-threads", type=_positive_int, default=d.tokenize_threads,
+                   help="threads parsing and tokenizing requests (default: one per core)")
+    p.add_argument("--max-tokenize-waiting", type=_positive_int, default=d.max_tokenize_waiting,
+                   help="requests waiting for a tokenize thread; more: 429 (default %(default)s)")
+    # batching
+    p.add_argument("--max-wait-ms", type=_non_negative, default=d.max_wait_ms,
+                   help="how long a lone small request waits for company before running; 0: never "
+                   "(default %(default)s)")
+    p.add_argument("--window-tokens", type=_positive_int, default=d.window_tokens,
+                   help="queued tokens sorted together per scheduling window (default: a multiple of the "
+                   "token budget)")
+    # connections
+    p.add_argument("--header-timeout", type=_positive_seconds, default=d.header_timeout_s,
+                   help="seconds to send a request's headers; then the connection is closed (default %(default)s)")
+    p.add_argument("--body-timeout", type=_positive_seconds, default=d.body_timeout_s,
+                   help="seconds to send a request's body; then 408 (default %(default)s)")
+    p.add_argument("--max-connections", type=_positive_int, default=d.max_connections,
+                   help="open connections; at the limit the oldest stalled one is closed to admit a new one "
+                   "(default: from the open-file limit)")
+    p.add_argument("--drain-grace", type=_non_negative, default=d.drain_grace_s,
+                   help="seconds after SIGTERM that /ready answers 503 while requests are still served; 0: none "
+                   "(default %(default)s)")
     p.add_argument("--no-auto-truncate", action="store_true",
                    help="TEI /rerank without 'truncate': refuse over-long pairs (413) instead of truncating")
     p.add_argument("--api-key", help=f"require this key (Authorization: Bearer KEY); default ${API_KEY_ENV}")

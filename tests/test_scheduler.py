@@ -117,3 +117,74 @@ def test_a_failing_batch_fails_only_its_requests():
         assert good.future.result(5)[0, 0] == 4
     finally:
         sched.stop()
+
+
+class TimedBackend(RecordingBackend):
+    """Takes ``seconds_per_token`` × the batch's real tokens: a backend whose rate the scheduler can learn."""
+
+    def __init__(self, seconds_per_token: float) -> None:
+        super().__init__()
+        self.seconds_per_token = seconds_per_token
+        self.finished: list[int] = []  # first id of each row, in the order rows were computed
+
+    def run(self, input_ids, attention_mask):
+        time.sleep(float(attention_mask.sum()) * self.seconds_per_token)
+        with self.lock:
+            self.finished.extend(int(r[0]) for r in input_ids)
+        return super().run(input_ids, attention_mask)
+
+
+def test_admission_refuses_at_submit_what_cannot_finish_by_its_deadline():
+    backend = TimedBackend(0.001)  # 1,000 tokens/s
+    sched = _scheduler(backend, tokens_per_s=1000.0, window_tokens=64)
+    try:
+        first = sched.submit([[1] * 50] * 20, deadline=time.perf_counter() + 30)  # 1,000 tokens ≈ 1 s
+        started = time.perf_counter()
+        with pytest.raises(QueueFullError, match="overloaded") as info:
+            sched.submit([[2] * 50] * 4, deadline=time.perf_counter() + 0.5)  # needs > 1 s, has 0.5 s
+        assert time.perf_counter() - started < 0.05  # refused at once, not after waiting
+        assert info.value.reason == "deadline" and 1 <= info.value.retry_after_s <= 2
+        ok = sched.submit([[3] * 50] * 2, deadline=time.perf_counter() + 10)  # plenty of time: admitted
+        first.future.result(10)
+        assert ok.future.result(10)[0, 0] == 150
+        assert 2 not in backend.finished  # the refused request cost nothing
+    finally:
+        sched.stop()
+
+
+def test_queued_work_past_its_deadline_is_dropped_before_it_runs():
+    backend = TimedBackend(0.0)
+    backend.gate.clear()
+    sched = _scheduler(backend, window_tokens=8)
+    try:
+        blocker = sched.submit([[1] * 8])
+        time.sleep(0.05)  # the worker holds the blocker's window at the gate
+        late = sched.submit([[5] * 8] * 3, deadline=time.perf_counter() + 0.1)
+        time.sleep(0.2)
+        backend.gate.set()
+        blocker.future.result(5)
+        from rerankrt.engine.server.scheduler import DeadlineExceededError
+
+        with pytest.raises(DeadlineExceededError):
+            late.future.result(5)
+        assert 5 not in backend.finished and sched.queued_rows == 0
+    finally:
+        sched.stop()
+
+
+def test_a_small_request_overtakes_a_big_one_queued_before_it():
+    backend = TimedBackend(0.0005)
+    sched = _scheduler(backend, tokens_per_s=2000.0, window_tokens=64)
+    try:
+        big = sched.submit([[1] * 16] * 200)  # 3,200 tokens ≈ 1.6 s, 50 windows
+        time.sleep(0.1)
+        small_started = time.perf_counter()
+        small = sched.submit([[2] * 16] * 2)
+        small.future.result(5)
+        small_latency = time.perf_counter() - small_started
+        assert not big.future.done()  # FIFO would have made the small one wait for all of the big one
+        assert small_latency < 0.3, small_latency
+        big.future.result(10)
+        np.testing.assert_array_equal(big.future.result(0)[:, 0], [16] * 200)
+    finally:
+        sched.stop()

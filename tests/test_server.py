@@ -294,10 +294,11 @@ def test_timeout_and_disconnect_drop_pending_pairs(reranker):
     server = LiveServer(app)
     try:
         docs = [f"document {i}" for i in range(40)]  # 20 batches × 0.1 s ≫ the 0.35 s timeout
+        before = slow.rows  # the start-up warm-up and rate measurement ran through the backend too
         r = server.post("/v1/rerank", {"query": "q", "documents": docs})
         assert r.status_code == 504 and r.json()["error"]["limit"] == "request_timeout_s"
         time.sleep(0.5)
-        assert slow.rows < 20  # the rest was dropped, not scored for nobody
+        assert slow.rows - before < 20  # the rest was dropped, not scored for nobody
         before = slow.rows
         with pytest.raises(httpx.ReadTimeout):  # a client that gives up and goes away
             httpx.post(server.url + "/v1/rerank", json={"query": "q", "documents": docs}, timeout=0.2)
@@ -314,7 +315,9 @@ def test_sigterm_drains_accepted_requests(tiny_artifact, tmp_path):
     sock.close()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "rerankrt.engine.cli", "serve", str(tiny_artifact), "--port", str(port),
-           "--precision", "fp32", "--backend", "onnxruntime", "--max-queued-pairs", "100000", "--log-level", "warning"]
+           "--precision", "fp32", "--backend", "onnxruntime", "--max-queued-pairs", "100000", "--log-level", "warning",
+           # this test is about draining accepted work, not admission: a deadline long enough for all of it
+           "--request-timeout", "300", "--drain-grace", "0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -374,5 +377,110 @@ def test_several_models_served_by_name(tiny_artifact, reranker):
         assert short["usage"]["total_tokens"] == 16 < default["usage"]["total_tokens"]
         assert short["results"][0]["relevance_score"] == pytest.approx(
             float(models["short"].predict(("q", doc))), abs=1e-5)
+    finally:
+        server.close()
+
+
+# -- admission, hostile input, probes (issue 14) ---------------------------------------------------
+def test_deadline_admission_refuses_at_once_what_the_queue_cannot_finish_in_time(reranker):
+    app, slow = _slow_app(reranker, delay=0.1, max_batch=2)
+    server = LiveServer(app)
+    try:
+        docs = [f"document {i} about bridges and rivers " * 3 for i in range(60)]  # 30 batches × 0.1 s ≈ 3 s
+        before = slow.rows
+        with ThreadPoolExecutor(1) as pool:
+            big = pool.submit(server.post, "/v1/rerank", {"query": "q", "documents": docs})
+            deadline = time.time() + 10
+            while slow.rows == before:  # the big request is being scored
+                assert time.time() < deadline
+                time.sleep(0.01)
+            started = time.perf_counter()
+            r = server.post("/v1/rerank", {"query": "q", "documents": docs[:10]}, headers={"X-Request-Timeout": "0.2"})
+            refused_in = time.perf_counter() - started
+            assert r.status_code == 429 and r.json()["error"]["type"] == "overloaded", r.text
+            assert refused_in < 0.15 and 1 <= int(r.headers["retry-after"]) <= 3
+            bad = server.post("/v1/rerank", {"query": "q", "documents": ["a"]}, headers={"X-Request-Timeout": "soon"})
+            assert bad.status_code == 400 and "x-request-timeout" in bad.json()["error"]["message"]
+            assert big.result(30).status_code == 200
+        assert 'reason="deadline"' in server.client.get("/metrics").text
+        assert server.post("/v1/rerank", {"query": "q", "documents": docs[:4]},
+                           headers={"X-Request-Timeout": "5"}).status_code == 200
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("method,path,body,status,kind", [
+    ("GET", "/nope", None, 404, "not_found"),
+    ("GET", "/v1/rerank", None, 405, "method_not_allowed"),
+    ("DELETE", "/health", None, 405, "method_not_allowed"),
+    ("POST", "/rerank", b'{"query": "q", "texts": [NaN]}', 400, "invalid_json"),
+    ("POST", "/rerank", b'{"query": "q", "texts": ["a"]', 400, "invalid_json"),
+    ("POST", "/rerank", b"\xff\xfe{}", 400, "invalid_json"),
+    ("POST", "/rerank", b"", 400, "invalid_json"),
+    ("POST", "/rerank", b'"just a string"', 422, "invalid_request"),
+    ("POST", "/v1/rerank", b'{"query": "\\ud800", "documents": ["doc"]}', 400, "invalid_text"),
+    ("POST", "/v1/rerank", b'{"query": "q", "documents": [{"text": "a\\udfffb"}], "return_documents": true}',
+     400, "invalid_text"),
+    ("POST", "/v1/rerank", b'{"query": "q", "documents": [{"text": "a", "t\\ud800": 1}], "return_documents": true}',
+     400, "invalid_text"),
+    ("POST", "/rerank", b'{"query": "q", "texts": ["\\udc80"], "return_text": true}', 400, "invalid_text"),
+    ("POST", "/rerank", b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
+])
+def test_every_error_is_in_the_documented_shape(live, method, path, body, status, kind):
+    r = live.client.request(method, path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]["type"] == kind and r.json()["error"]["message"]
+
+
+def test_a_huge_list_of_wrong_items_is_refused_before_it_is_validated(live):
+    body = b'{"query": "q", "documents": [' + b",".join([b"1"] * 500_000) + b"]}"  # ~1 MiB of wrong-typed items
+    started = time.perf_counter()
+    r = live.client.post("/v1/rerank", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["limit"] == "max_documents"
+    assert time.perf_counter() - started < 1.0
+    few = live.client.post("/v1/rerank", content=b'{"query": "q", "documents": [1, 2, 3]}',
+                           headers={"content-type": "application/json"})
+    assert few.status_code == 422 and few.json()["error"]["error_count"] >= 3  # per item and union branch
+    assert few.json()["error"]["message"].startswith("documents.0")
+    many = live.client.post("/v1/rerank", content=b'{"query": "q", "documents": [' + b",".join([b"1"] * 9000) + b"]}",
+                            headers={"content-type": "application/json"})
+    assert many.status_code == 422 and len(many.json()["error"]["errors"]) == 10  # the report stays bounded
+
+
+def test_probes_liveness_and_readiness_while_draining(reranker):
+    server = LiveServer(create_app({"m": reranker}))
+    try:
+        assert [server.client.get(p).status_code for p in ("/live", "/ready", "/health")] == [200, 200, 200]
+        server.server.config.app.state.rerankrt.begin_drain()
+        assert [server.client.get(p).status_code for p in ("/live", "/ready", "/health")] == [200, 503, 503]
+        assert server.client.get("/ready").json()["status"] == "draining"
+        assert server.post("/v1/rerank", {"query": "q", "documents": ["a"]}).status_code == 200  # still served
+    finally:
+        server.close()
+
+
+def test_auth_is_checked_before_the_body_is_read_and_concurrency_is_capped(reranker):
+    server = LiveServer(create_app({"m": reranker}, ServerConfig(api_key="s3cret", max_client_concurrency=1)))
+    try:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            # announces 60 MiB, sends none of it: the 401 must come without waiting for (or reading) the body
+            sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"authorization: Bearer wrong\r\ncontent-length: 62914560\r\n\r\n")
+            started = time.perf_counter()
+            reply = sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 401") and time.perf_counter() - started < 1.0
+            assert b'"unauthorized"' in reply
+        key = {"Authorization": "Bearer s3cret"}
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            # a request of this client whose body is still on its way holds the client's one permit
+            sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"authorization: Bearer s3cret\r\ncontent-length: 100\r\n\r\n{")
+            time.sleep(0.2)
+            r = server.post("/v1/rerank", {"query": "q", "documents": ["a"]}, headers=key)
+            assert r.status_code == 429 and r.json()["error"]["limit"] == "max_client_concurrency"
+        time.sleep(0.2)
+        assert server.post("/v1/rerank", {"query": "q", "documents": ["a"]}, headers=key).status_code == 200
     finally:
         server.close()

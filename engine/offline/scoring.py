@@ -9,6 +9,7 @@ inference and no stage waits for another.
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from ..lifetime import exit_with_parent
 from ..reranker import Reranker
 from ..scoring import Encoded, activate
 
@@ -40,7 +42,9 @@ def infer_tokens(reranker: Reranker, encoded: Encoded, activation: str | None) -
 _WORKER: dict = {}
 
 
-def _init_worker(artifact: str, options: dict, activation: str | None) -> None:
+def _init_worker(artifact: str, options: dict, activation: str | None, parent: int | None = None) -> None:
+    # the watchdog first: loading can take seconds, and a parent may die during it
+    exit_with_parent(os.getppid() if parent is None else parent)
     _WORKER["reranker"] = Reranker.from_pretrained(artifact, **options)
     _WORKER["activation"] = activation
 
@@ -90,7 +94,9 @@ class ChunkScorer:
         import multiprocessing
 
         executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(str(artifact), options, activation))
+                                       initializer=_init_worker,
+                                       # spawn: the workers' parent is this process (not a fork server)
+                                       initargs=(str(artifact), options, activation, os.getpid()))
         return cls(lambda pairs: executor.submit(_score_in_worker, pairs), executor, depth=workers + 1,
                    describe=f"{workers} processes × {options.get('threads', 1)} thread(s)")
 

@@ -1,55 +1,53 @@
-"""The ASGI app: routes of both rerank APIs on one request path, errors as JSON, metrics.
+"""The ASGI app: routes of both rerank APIs on one request path, probes, errors as JSON, metrics.
 
-The request path reads top to bottom in :meth:`ServerState.score`: pick the model → check the
-per-request limits → tokenize (in a worker thread, off the event loop) → submit the token ids to
-the model's :class:`BatchScheduler` → await the scores (bounded by the request timeout, dropped
-if the client goes away) → activation → the API's response shape. Errors are
-:class:`ApiError` (status, type, message, and for limits the limit's name and value); nothing
-else reaches a client, and no stack trace ever does.
+What happens before a request reaches a route (404/405, auth, permits, the deadline, body limits)
+is the front door's (``middleware.py``). The request path then reads top to bottom in
+:meth:`ServerState.score`: parse + validate + tokenize in the bounded :class:`TokenizePool`
+(``parsing.py``; never on the event loop) → submit the token ids with the request's deadline to the
+model's :class:`BatchScheduler` (admission: 429 at once if the queued work cannot finish in time)
+→ await the scores (dropped if the client goes away or the deadline passes) → activation → the
+API's response shape. Errors are :class:`ApiError` (status, type, message, and for limits the
+limit's name and value); nothing else reaches a client, and no stack trace ever does.
+
+Probes: ``/live`` answers 200 while the process and its event loop run; ``/ready`` (and TEI's
+``/health``, same meaning) answer 503 while starting and from the moment draining begins, while
+the listener still serves for the drain grace period, so an orchestrator stops routing traffic
+before the socket closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 import uuid
-from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..reranker import Reranker
-from ..scoring import activate, rank_order
+from ..scoring import Encoded, activate, rank_order
+from .admission import Permits, TokenizePool
 from .config import ServerConfig
+from .errors import ApiError
 from .metrics import ServerMetrics
-from .middleware import BodyLimitAndMetrics
-from .scheduler import BatchScheduler, QueueFullError, SchedulerStoppedError
+from .middleware import DEADLINE_SCOPE_KEY, FrontDoor
+from .parsing import BodyParser, TextLimits
+from .scheduler import ADMIT_FRACTION, BatchScheduler, DeadlineExceededError, QueueFullError, SchedulerStoppedError
 from .schemas import RerankRequest, TeiRerankRequest
 
 log = logging.getLogger("rerankrt.server")
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-class ApiError(Exception):
-    """An error a client may see: ``{"error": {"type", "message", ...extra}}`` with ``status``."""
-
-    def __init__(self, status: int, kind: str, message: str, headers: dict | None = None, **extra) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.message, self.headers, self.extra = status, kind, message, headers, extra
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"type": self.kind, "message": self.message, **self.extra}},
-                            status_code=self.status, headers=self.headers)
 
 
 def model_name(reranker: Reranker) -> str:
@@ -73,13 +71,35 @@ class Scored:
         return activate(self.logits[:, :1], "raw" if raw else "sigmoid", self.reranker.activation)
 
 
+def measure_tokens_per_s(reranker: Reranker) -> float:
+    """Real tokens per second of ``reranker`` on a short mixed-length workload (the scheduler's first estimate).
+
+    Measured at start-up so that admission is right from the first request instead of after a
+    guess; the scheduler then follows the traffic with a moving average.
+    """
+    pairs = [("warm up query " * (1 + i % 3), "a document of some length " * (4 + 12 * (i % 6))) for i in range(12)]
+    encoded = reranker.encode(pairs)
+    reranker.logits_for_token_ids(encoded.token_ids)  # first call: kernel selection, caches
+    started = time.perf_counter()
+    reranker.logits_for_token_ids(encoded.token_ids)
+    return encoded.tokens / max(time.perf_counter() - started, 1e-6)
+
+
 @dataclass
 class ServerState:
     models: dict[str, Reranker]
     config: ServerConfig
     metrics: ServerMetrics
     schedulers: dict[str, BatchScheduler] = field(default_factory=dict)
-    ready: bool = False
+    ready: bool = False  # started: models warm, queues open
+    draining: bool = False  # shutdown began: /ready says 503, requests are still served
+    permits: Permits = field(init=False)
+    pool: TokenizePool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.permits = Permits(self.config.max_concurrent_requests, self.config.max_client_concurrency)
+        self.pool = TokenizePool(self.config.tokenize_threads, self.config.max_tokenize_waiting)
+        self.parser = BodyParser(TextLimits(self.config.max_documents, self.config.max_document_bytes))
 
     @property
     def default_model(self) -> str:
@@ -87,101 +107,125 @@ class ServerState:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Warm every model (first-call kernel compilation is not a client's latency), then open the queues."""
+        """Warm every model and measure its token rate (first-call kernel compilation is not a client's latency)."""
+        self.parser.start()
         for name, reranker in self.models.items():
-            reranker.predict([("warm up", "a short document"), ("warm up " * 20, "a longer document " * 60)])
+            rate = measure_tokens_per_s(reranker)
             self.schedulers[name] = BatchScheduler.for_reranker(
                 reranker, max_wait_s=self.config.max_wait_ms / 1000, window_tokens=self.config.window_tokens,
-                max_queued_rows=self.config.max_queued_pairs, stats=self.metrics.scheduler_stats(name), name=name)
+                max_queued_rows=self.config.max_queued_pairs, tokens_per_s=rate,
+                stats=self.metrics.scheduler_stats(name), name=name)
+            log.info("%s: %s %s, %.0f tokens/s measured at start", name, reranker.backend.name, reranker.precision,
+                     rate)
         self.ready = True
-        log.info("ready: %s", ", ".join(f"{n} ({r.backend.name} {r.precision})" for n, r in self.models.items()))
+        log.info("ready: %s", ", ".join(self.models))
+
+    def begin_drain(self) -> None:
+        """Shutdown begins: readiness turns 503 now; requests keep being served until the listener closes."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining: /ready answers 503; still serving")
 
     def stop(self) -> None:
         """Finish every queued pair (uvicorn has already waited for in-flight requests), then stop."""
+        self.draining = True
         self.ready = False
         for scheduler in self.schedulers.values():
             scheduler.stop(drain=True)
+        self.pool.close()
+        self.parser.close()
+
+    # -- admission ------------------------------------------------------------------------------
+    def refuse_if_backlogged(self, timeout_s: float) -> None:
+        """429 before the body is read when every model's queued work alone exceeds the deadline."""
+        if not self.schedulers:
+            return
+        backlog = min(s.backlog_s() for s in self.schedulers.values())
+        if backlog > ADMIT_FRACTION * timeout_s:
+            retry = max(1, math.ceil(backlog - ADMIT_FRACTION * timeout_s))
+            raise ApiError(429, "overloaded", f"~{backlog:.2f} s of work is queued ahead, too much for this "
+                           f"request's deadline of {timeout_s:g} s", headers={"Retry-After": str(retry)},
+                           reason="deadline")
 
     # -- the request path ----------------------------------------------------------------------
     def pick(self, name: str | None) -> tuple[str, Reranker]:
         name = name or self.default_model
         if name not in self.models:
-            raise ApiError(404, "model_not_found", f"model {name!r} is not served here; served: {sorted(self.models)}")
+            raise ApiError(404, "model_not_found", f"model {name[:200]!r} is not served here; served: "
+                           f"{sorted(self.models)}")
         return name, self.models[name]
 
-    def check_limits(self, query: str, documents: Sequence[str]) -> None:
-        cfg = self.config
-        if not documents:
-            raise ApiError(422, "invalid_request", "documents must not be empty")
-        if len(documents) > cfg.max_documents:
-            raise ApiError(413, "limit_exceeded", f"{len(documents)} documents exceed the limit of "
-                           f"{cfg.max_documents} per request", limit="max_documents", value=cfg.max_documents)
-        limit = cfg.max_document_bytes
-        for i, text in enumerate((query, *documents)):
-            if len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit:
-                what = "the query" if i == 0 else f"document {i - 1}"
-                raise ApiError(413, "limit_exceeded", f"{what} is longer than {limit} UTF-8 bytes",
-                               limit="max_document_bytes", value=limit)
-
-    async def score(self, request: Request, endpoint: str, name: str | None, query: str, documents: list[str],
-                    truncate: bool) -> Scored:
-        if not self.ready:
-            raise ApiError(503, "not_ready", "the server is starting or shutting down", headers={"Retry-After": "1"})
-        name, reranker = self.pick(name)
-        self.check_limits(query, documents)
+    def _parse_and_encode(self, raw: bytes, schema: type[RerankRequest] | type[TeiRerankRequest]
+                          ) -> tuple[Any, str, Reranker, Encoded]:
+        """In a pool thread: the validated request, its model, and its tokenized pairs."""
+        body = self.parser(raw, schema)
+        name, reranker = self.pick(body.model)
+        texts = body.texts if isinstance(body, TeiRerankRequest) else [
+            d if isinstance(d, str) else d.text for d in body.documents]
         started = time.perf_counter()
-        encoded = await run_in_threadpool(reranker.encode, [(query, d) for d in documents])
-        token_ids, truncated = encoded.token_ids, encoded.truncated
+        encoded = reranker.encode([(body.query, t) for t in texts])
         self.metrics.tokenize_time.labels(name).observe(time.perf_counter() - started)
+        return body, name, reranker, encoded
+
+    async def score(self, request: Request, schema: type[RerankRequest] | type[TeiRerankRequest],
+                    truncate: bool | None = None) -> tuple[Any, Scored]:
+        """The request's validated body and its scores, or an :class:`ApiError`."""
+        deadline, timeout = request.scope.get(DEADLINE_SCOPE_KEY) or (
+            time.perf_counter() + self.config.request_timeout_s, self.config.request_timeout_s)
+        raw = await request.body()
+        body, name, reranker, encoded = await self.pool.run(self._parse_and_encode, raw, schema)
+        token_ids, truncated = encoded.token_ids, encoded.truncated
+        if truncate is None:
+            truncate = self.config.auto_truncate if getattr(body, "truncate", None) is None else body.truncate
         if not truncate and truncated.any():
             first = int(np.argmax(truncated))
             raise ApiError(413, "limit_exceeded", f"document {first} does not fit the model's {reranker.max_length} "
                            "tokens with the query; send truncate=true to cut it", limit="max_length",
                            value=reranker.max_length)
+        if time.perf_counter() >= deadline:
+            raise _timeout(timeout)
         try:
-            job = self.schedulers[name].submit(token_ids)
+            job = self.schedulers[name].submit(token_ids, deadline=deadline)
         except QueueFullError as exc:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
+            raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)},
+                           reason=exc.reason) from None
         except SchedulerStoppedError as exc:
             raise ApiError(503, "shutting_down", str(exc), headers={"Retry-After": "1"}) from None
-        logits = await self._await_job(request, job)
-        tokens = encoded.tokens
+        logits = await self._await_job(request, job, deadline, timeout)
         self.metrics.pairs.labels(name).inc(len(token_ids))
-        self.metrics.input_tokens.labels(name).inc(tokens)
-        return Scored(name, reranker, logits, tokens, int(truncated.sum()))
+        self.metrics.input_tokens.labels(name).inc(encoded.tokens)
+        return body, Scored(name, reranker, logits, encoded.tokens, int(truncated.sum()))
 
-    async def _await_job(self, request: Request, job) -> np.ndarray:
-        """The job's logits; cancels its pending pairs on timeout or when the client disconnects."""
+    async def _await_job(self, request: Request, job, deadline: float, timeout: float) -> np.ndarray:
+        """The job's logits; its pending pairs are dropped when the client disconnects or the deadline passes."""
         result = asyncio.wrap_future(job.future)
         gone = asyncio.ensure_future(_wait_for_disconnect(request))
         try:
-            done, _ = await asyncio.wait({result, gone}, timeout=self.config.request_timeout_s,
+            done, _ = await asyncio.wait({result, gone}, timeout=max(deadline - time.perf_counter(), 0) + 0.5,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
         if result in done:
-            return result.result()
+            try:
+                return result.result()
+            except DeadlineExceededError:
+                raise _timeout(timeout) from None
+            except asyncio.CancelledError:
+                raise ApiError(499, "client_closed_request", "the request was cancelled") from None
         job.cancel()
         if gone in done:
             raise ApiError(499, "client_closed_request", "the client closed the connection")
-        raise ApiError(504, "timeout", f"not scored within {self.config.request_timeout_s:g} s; its pending pairs "
-                       "were dropped", limit="request_timeout_s", value=self.config.request_timeout_s)
+        raise _timeout(timeout)
+
+
+def _timeout(timeout: float) -> ApiError:
+    return ApiError(504, "timeout", f"not scored within the request's deadline ({timeout:g} s); its pending pairs "
+                    "were dropped", limit="request_timeout_s", value=timeout)
 
 
 async def _wait_for_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _validation_error(exc: RequestValidationError) -> ApiError:
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    if first.get("type") == "json_invalid":
-        return ApiError(400, "invalid_json", f"the body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return ApiError(422, "invalid_request", f"{where}: {first.get('msg', 'invalid value')}",
-                    errors=[{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg")} for e in errors[:10]])
 
 
 def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) -> FastAPI:
@@ -199,54 +243,56 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
 
     app = FastAPI(title="rerankrt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.rerankrt = state
-    app.add_middleware(BodyLimitAndMetrics, max_body_bytes=config.max_body_bytes, metrics=state.metrics)
+    app.add_middleware(FrontDoor, state=state)
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(_: Request, exc: ApiError) -> Response:
+        state.metrics.rejected.labels(exc.reason).inc()
         return exc.response()
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc).response()
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ApiError(exc.status_code, kind, str(exc.detail), headers=dict(exc.headers or {})).response()
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    async def _internal(_: Request, exc: Exception) -> Response:
         log.exception("internal error")
         return ApiError(500, "internal_error", "internal server error").response()
 
-    async def authorized(request: Request) -> None:
-        if config.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        key = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
-        if key != config.api_key:
-            raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)",
-                           headers={"WWW-Authenticate": "Bearer"})
+    @app.get("/live")
+    async def live() -> JSONResponse:
+        return JSONResponse({"status": "alive"})
 
+    @app.get("/ready")
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def ready() -> JSONResponse:
+        if state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         if not state.ready:
-            return JSONResponse({"status": "unavailable"}, status_code=503)
+            return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/info", dependencies=[Depends(authorized)])
+    @app.get("/info")
     async def info() -> dict:
         return {"default_model": state.default_model, "models": [
             {"name": name, "backend": r.backend.name, "precision": r.precision, "max_length": r.max_length,
              "precisions_available": sorted(r.artifact.manifest.get("graphs", {})),
              "queued_pairs": state.schedulers[name].queued_rows if name in state.schedulers else None,
+             "tokens_per_s": round(state.schedulers[name].tokens_per_s) if name in state.schedulers else None,
              "manifest": r.artifact.manifest} for name, r in state.models.items()],
-            "limits": {k: getattr(config, k) for k in ("max_documents", "max_document_bytes", "max_body_bytes",
-                                                       "max_queued_pairs", "request_timeout_s", "max_wait_ms")}}
+            "limits": {k: getattr(config, k) for k in (
+                "max_documents", "max_document_bytes", "max_body_bytes", "max_queued_pairs", "request_timeout_s",
+                "max_wait_ms", "max_concurrent_requests", "max_client_concurrency", "header_timeout_s",
+                "body_timeout_s", "max_connections", "drain_grace_s")}}
 
-    @app.get("/metrics", dependencies=[Depends(authorized)])
+    @app.get("/metrics")
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
-    @app.post("/v1/rerank", dependencies=[Depends(authorized)])
-    async def rerank_v1(body: RerankRequest, request: Request) -> JSONResponse:
-        texts = [d if isinstance(d, str) else d.text for d in body.documents]
-        scored = await state.score(request, "/v1/rerank", body.model, body.query, texts, truncate=True)
+    @app.post("/v1/rerank")
+    async def rerank_v1(request: Request) -> JSONResponse:
+        body, scored = await state.score(request, RerankRequest, truncate=True)
         scores = scored.scores(body.raw_scores)
         results = []
         for i in rank_order(scores, body.top_n):
@@ -261,10 +307,9 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
                      "tokens": {"input_tokens": scored.tokens, "output_tokens": 0}},
             "usage": {"total_tokens": scored.tokens, "truncated_documents": scored.truncated}})
 
-    @app.post("/rerank", dependencies=[Depends(authorized)])
-    async def rerank_tei(body: TeiRerankRequest, request: Request) -> JSONResponse:
-        truncate = config.auto_truncate if body.truncate is None else body.truncate
-        scored = await state.score(request, "/rerank", body.model, body.query, body.texts, truncate=truncate)
+    @app.post("/rerank")
+    async def rerank_tei(request: Request) -> JSONResponse:
+        body, scored = await state.score(request, TeiRerankRequest)
         scores = scored.scores(body.raw_scores)
         out = []
         for i in rank_order(scores):
@@ -275,3 +320,4 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
         return JSONResponse(out)
 
     return app
+

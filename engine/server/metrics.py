@@ -51,6 +51,11 @@ class ServerMetrics:
                                         buckets=_LATENCY_BUCKETS, registry=r)
         self.rejected = Counter("rerankrt_rejected", "Requests refused before scoring, by reason",
                                 ["reason"], registry=r)
+        self.connections = Counter("rerankrt_connections", "Connection events: opened, and closed by the server "
+                                   "(header_timeout, idle_timeout, evicted, refused, bad_request, head_too_large)",
+                                   ["event"], registry=r)
+        self.expired = Counter("rerankrt_expired_pairs", "Pairs dropped unscored because their request's deadline "
+                               "passed (or could no longer be met)", ["model"], registry=r)
 
     def scheduler_stats(self, model: str) -> SchedulerStats:
         rows, tokens, seconds = (self.batch_rows.labels(model), self.batch_tokens.labels(model),
@@ -62,7 +67,8 @@ class ServerMetrics:
             tokens.observe(n_tokens)
             seconds.observe(elapsed)
 
-        return SchedulerStats(on_batch=on_batch, on_queue_wait=wait.observe, on_queue_depth=depth.set)
+        return SchedulerStats(on_batch=on_batch, on_queue_wait=wait.observe, on_queue_depth=depth.set,
+                              on_expired=self.expired.labels(model).inc)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,31 +1,38 @@
-"""Cross-request dynamic batching: the pairs of all waiting requests share length-sorted batches.
+"""Cross-request dynamic batching with deadline-aware admission and fair windows.
 
-Why: one HTTP request rarely fills a batch well (a 1×10 request is ten rows of mixed lengths),
-and scoring requests one at a time leaves the CPU idle between them. Like text-embeddings-
-inference's queue, every request's token ids go into one FIFO queue; a single worker thread per
-model takes a *window* of queued rows (up to ``window_tokens``, requests split across windows
-when large), sorts the window by length, cuts it into the same token-budget batches as
-:meth:`Reranker.predict` and runs them, handing each request its own logits in its own order the
-moment its last row is scored. Planning, padding and running are the scoring core's
-(``scoring.iter_batch_logits``, the same steps as ``predict``); this module owns only what is the
-server's: windows across requests, cancellation, the bounded queue and its retry hint.
+Why: one HTTP request rarely fills a batch well, and scoring requests one at a time leaves the CPU
+idle between them. Like text-embeddings-inference's queue, every request's token ids go into one
+queue; a single worker thread per model takes a *window* of queued rows, sorts it by length, cuts
+it into the scoring core's token-budget batches (``scoring.iter_batch_logits``, the same steps as
+``predict``) and runs them, handing each request its own logits in its own order the moment its
+last row is scored. This module owns only what is the server's:
 
+* **admission in work, not in rows** (Triton's queue policy: reject at enqueue). A request is
+  admitted only if the queued work ahead of it plus its own, in tokens at the worker's measured
+  token rate, can finish before its deadline; otherwise :class:`QueueFullError` with an honest
+  ``retry_after_s`` (when the queue will have drained enough for it), which the server turns into
+  ``429 + Retry-After`` in microseconds instead of a ``504`` after a minute of wasted compute.
+  ``max_queued_rows`` stays as a hard cap beside it. An idle queue always admits: there is nothing
+  to wait for, and refusing on an estimate alone would turn a slow-but-possible request away.
+* **time-outs while queued**: a job whose deadline has passed, or whose remaining work cannot
+  finish by it even at twice the measured rate, is dropped before any of its remaining rows run
+  (``DeadlineExceededError``), so overload does not burn CPU on answers nobody will read.
+* **fairness**: each window is filled from the jobs in order of *least remaining work minus time
+  already waited* (shortest-remaining-first with ageing, in seconds at the measured rate), so a 5-
+  document request arriving behind a 3,000-document one is served in the next window instead of
+  after the whole big request, and the big one still progresses (its key falls as it waits).
+  Windows are small (4 × the batch token budget by default, a fraction of a second) because that
+  is the granularity at which a new small request can overtake: each job's rows are sorted by
+  length once at submit and taken in that order, so even a small window of one job is well sorted
+  (little padding), and rows of several jobs of similar length still meet in a batch.
 * inference never runs on the event loop: the worker is a thread, the loop only awaits a future;
-* the window is large (32 × the batch token budget, 65,536 tokens on CPU): the more rows are
-  sorted together, the less padding. Measured at concurrency 16 with 1×100-document requests
-  (distilled 17m, OpenVINO bf16, 2 cores): 8 × the budget gave 85% of offline ``predict``
-  throughput, 32 × gave 91%, and p50 latency did not grow. A lone request never waits for a
-  window to fill: the window is whatever is queued, up to that size;
-* a short ``max_wait`` lets requests that arrive together share a window, and is skipped as soon
-  as a full batch's worth of tokens is waiting (so it costs nothing under load);
-* the queue is bounded in rows: :meth:`submit` raises :class:`QueueFullError` with a retry hint
-  computed from the measured token rate, which the server turns into ``429 + Retry-After``;
+* a short ``max_wait`` lets requests that arrive together share a window, skipped as soon as a
+  full batch's worth of tokens is waiting (so it costs nothing under load);
 * a cancelled request (timeout, client gone) loses its rows that have not started yet.
 """
 
 from __future__ import annotations
 
-import collections
 import math
 import threading
 import time
@@ -40,28 +47,44 @@ from ..batching import BatchPolicy
 from ..errors import RerankrtError
 from ..scoring import iter_batch_logits
 
+# Admit a request only if the work ahead plus its own fits this fraction of the time to its deadline:
+# the rate is a moving average and windows are served fairly, not strictly in order, so keep a margin.
+ADMIT_FRACTION = 0.8
+
 
 class QueueFullError(RerankrtError):
-    """The queue holds as many rows as allowed; ``retry_after_s`` estimates when there is room."""
+    """Admitting this request would miss its deadline or pass the queue cap; retry after ``retry_after_s``."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
+    def __init__(self, message: str, retry_after_s: int, reason: str = "queue_full") -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.reason = reason  # "queue_full" (the row cap) or "deadline" (the queued work would miss it)
 
 
 class SchedulerStoppedError(RerankrtError):
     """The scheduler is shutting down and accepts no new work."""
 
 
+class DeadlineExceededError(RerankrtError):
+    """A request's deadline passed (or could no longer be met) before its remaining rows ran."""
+
+
 @dataclass(eq=False)
 class Job:
-    """One request's rows: token ids in, logits out (input order), and a future for the caller."""
+    """One request's rows: token ids in, logits out (input order), and a future for the caller.
+
+    Rows are taken in ``order`` (longest first, the scoring core's order), so the rows of one job
+    taken into a window are always of similar length.
+    """
 
     token_ids: list[list[int]]
     logits: np.ndarray
+    deadline: float = math.inf  # time.perf_counter() by which the answer is needed
     future: Future = field(default_factory=Future)
-    next_row: int = 0  # rows before this one have been taken into a window
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    next_row: int = 0  # positions of ``order`` before this one have been taken into a window
     remaining: int = 0  # rows not yet scored
+    untaken_tokens: int = 0  # tokens of rows not yet taken into a window
     cancelled: bool = False
     enqueued_at: float = field(default_factory=time.perf_counter)
 
@@ -71,6 +94,10 @@ class Job:
         if not self.future.done():
             self.future.cancel()
 
+    @property
+    def fully_taken(self) -> bool:
+        return self.next_row >= len(self.token_ids)
+
 
 @dataclass
 class SchedulerStats:
@@ -79,6 +106,7 @@ class SchedulerStats:
     on_batch: Callable[[int, int, float], None] | None = None  # rows, padded tokens, seconds
     on_queue_wait: Callable[[float], None] | None = None  # seconds from submit to first row taken
     on_queue_depth: Callable[[int], None] | None = None  # rows waiting
+    on_expired: Callable[[int], None] | None = None  # rows dropped because their deadline passed
 
 
 def _settle(future: Future, result: np.ndarray | None = None, error: BaseException | None = None) -> None:
@@ -97,22 +125,26 @@ class BatchScheduler:
 
     def __init__(self, backend: Backend, num_labels: int, pad_id: int, policy: BatchPolicy, *,
                  max_wait_s: float = 0.002, window_tokens: int | None = None, max_queued_rows: int = 40_000,
-                 stats: SchedulerStats | None = None, name: str = "model") -> None:
+                 tokens_per_s: float | None = None, stats: SchedulerStats | None = None,
+                 name: str = "model") -> None:
         self.backend = backend
         self.num_labels = num_labels
         self.pad_id = pad_id
         self.policy = policy
         self.max_wait_s = max_wait_s
-        self.window_tokens = window_tokens or 32 * policy.token_budget
+        self.window_tokens = window_tokens or 4 * policy.token_budget
         self.max_queued_rows = max_queued_rows
         self.stats = stats or SchedulerStats()
         self.name = name
-        self._queue: collections.deque[Job] = collections.deque()
+        self._jobs: list[Job] = []  # jobs with rows not yet taken, in arrival order
         self._queued_rows = 0
         self._queued_tokens = 0
+        self._running_tokens = 0  # tokens of the window being run, not yet scored
         self._cond = threading.Condition()
         self._stopping = False
-        self._tokens_per_s = 0.0  # moving average of the worker's rate, for Retry-After
+        # real (unpadded) tokens per second of the worker: a moving average, seeded by a measurement
+        # at start-up when the caller has one (the server's warm-up), else a conservative guess
+        self._tokens_per_s = float(tokens_per_s) if tokens_per_s else 0.0
         self._thread = threading.Thread(target=self._loop, name=f"rerankrt-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -122,22 +154,39 @@ class BatchScheduler:
         return cls(reranker.backend, reranker.num_labels, reranker.tokenizer.pad_id, reranker.policy,
                    name=kwargs.pop("name", "model"), **kwargs)
 
+    # -- estimates -----------------------------------------------------------------------------
+    @property
+    def tokens_per_s(self) -> float:
+        """The worker's measured rate in real tokens per second (20,000 before anything was measured)."""
+        return self._tokens_per_s or 20_000.0
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def backlog_s(self) -> float:
+        """Seconds of work ahead of a request submitted now (queued plus the running window)."""
+        return (self._queued_tokens + self._running_tokens) / self.tokens_per_s
+
     # -- producer side -------------------------------------------------------------------------
-    def submit(self, token_ids: list[list[int]]) -> Job:
-        """Queue one request's rows; its ``future`` resolves to ``float32 [n, num_labels]`` logits."""
-        job = Job(token_ids, np.empty((len(token_ids), self.num_labels), dtype=np.float32), remaining=len(token_ids))
+    def submit(self, token_ids: list[list[int]], deadline: float = math.inf) -> Job:
+        """Queue one request's rows; its ``future`` resolves to ``float32 [n, num_labels]`` logits.
+
+        ``deadline`` is a ``time.perf_counter()`` value. Raises :class:`QueueFullError` when the
+        work ahead plus this request's own cannot finish by then (or the row cap is reached).
+        """
+        lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+        tokens = int(lengths.sum())
+        job = Job(token_ids, np.empty((len(token_ids), self.num_labels), dtype=np.float32), deadline=deadline,
+                  order=np.argsort(-lengths, kind="stable"), remaining=len(token_ids), untaken_tokens=tokens)
         if not token_ids:
             job.future.set_result(job.logits)
             return job
-        tokens = sum(len(t) for t in token_ids)
         with self._cond:
             if self._stopping:
                 raise SchedulerStoppedError("the server is shutting down")
-            if self._queued_rows + len(token_ids) > self.max_queued_rows:
-                raise QueueFullError(
-                    f"the queue of model {self.name!r} is full ({self._queued_rows} pairs waiting, "
-                    f"limit {self.max_queued_rows})", self._retry_after(self._queued_tokens + tokens))
-            self._queue.append(job)
+            self._admit(job, tokens)
+            self._jobs.append(job)
             self._queued_rows += len(token_ids)
             self._queued_tokens += tokens
             depth = self._queued_rows
@@ -146,59 +195,98 @@ class BatchScheduler:
             self.stats.on_queue_depth(depth)
         return job
 
-    def _retry_after(self, tokens: int) -> int:
-        rate = self._tokens_per_s or 20_000.0  # before the first batch: a conservative guess
-        return max(1, math.ceil(tokens / rate))
+    def _admit(self, job: Job, tokens: int) -> None:
+        """Refuse ``job`` (lock held) unless it fits the row cap and can finish by its deadline."""
+        rate = self.tokens_per_s
+        ahead = self._queued_tokens + self._running_tokens
+        if self._queued_rows + job.remaining > self.max_queued_rows:
+            raise QueueFullError(
+                f"the queue of model {self.name!r} is full ({self._queued_rows} pairs waiting, limit "
+                f"{self.max_queued_rows})", max(1, math.ceil((ahead + tokens - self._room_tokens()) / rate)))
+        if ahead == 0 or job.deadline == math.inf:
+            return
+        needed_s = (ahead + tokens) / rate
+        left_s = ADMIT_FRACTION * (job.deadline - time.perf_counter())
+        if needed_s > left_s:
+            # it fits once the queue has drained by the excess; at least a second (HTTP's unit)
+            retry = max(1, math.ceil(min(needed_s - left_s, ahead / rate)))
+            raise QueueFullError(
+                f"model {self.name!r} is overloaded: {ahead} tokens are queued ahead of this request's {tokens} "
+                f"(~{needed_s:.1f} s at the measured {rate:,.0f} tokens/s), more than its deadline allows "
+                f"({max(left_s, 0):.1f} s)", retry, reason="deadline")
 
-    @property
-    def queued_rows(self) -> int:
-        return self._queued_rows
+    def _room_tokens(self) -> int:
+        """Tokens that may be queued under the row cap, for the retry hint (average row length)."""
+        rows = max(self._queued_rows, 1)
+        return int(self._queued_tokens / rows * self.max_queued_rows)
 
     def stop(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting work; with ``drain`` finish what is queued, else cancel it."""
         with self._cond:
             self._stopping = True
             if not drain:
-                for job in self._queue:
+                for job in self._jobs:
                     job.cancel()
             self._cond.notify_all()
         self._thread.join(timeout)
 
     # -- worker side ---------------------------------------------------------------------------
     def _take_window(self) -> list[tuple[Job, int]]:
-        """Rows of the oldest requests up to ``window_tokens`` (at least one row); lock held."""
+        """Rows for the next window (lock held): dead jobs dropped, the rest by remaining work minus waiting."""
+        now = time.perf_counter()
+        rate = self.tokens_per_s
+        live: list[Job] = []
+        for job in self._jobs:
+            if job.cancelled:
+                self._drop(job)
+            elif now >= job.deadline or job.untaken_tokens / (2 * rate) > job.deadline - now:
+                self._drop(job)
+                self._expire(job, "passed (or could no longer be met) while it was queued")
+            else:
+                live.append(job)
+        live.sort(key=lambda j: j.untaken_tokens / rate - (now - j.enqueued_at))
         window: list[tuple[Job, int]] = []
         tokens = 0
-        now = time.perf_counter()
-        while self._queue and tokens < self.window_tokens:
-            job = self._queue[0]
-            if job.cancelled:
-                self._drop(self._queue.popleft())
-                continue
+        for job in live:
+            if tokens >= self.window_tokens:
+                break
             if job.next_row == 0 and self.stats.on_queue_wait:
                 self.stats.on_queue_wait(now - job.enqueued_at)
-            while job.next_row < len(job.token_ids) and (tokens < self.window_tokens or not window):
-                length = len(job.token_ids[job.next_row])
-                window.append((job, job.next_row))
+            while not job.fully_taken and (tokens < self.window_tokens or not window):
+                row = int(job.order[job.next_row])
+                length = len(job.token_ids[row])
+                window.append((job, row))
                 job.next_row += 1
+                job.untaken_tokens -= length
                 tokens += length
                 self._queued_rows -= 1
                 self._queued_tokens -= length
-            if job.next_row == len(job.token_ids):
-                self._queue.popleft()
+        self._jobs = [job for job in self._jobs if not job.fully_taken]
+        self._running_tokens = tokens
         return window
 
+    def _expire(self, job: Job, when: str) -> None:
+        """Fail ``job`` with :class:`DeadlineExceededError`; its rows still queued or in later batches are skipped."""
+        if self.stats.on_expired:
+            self.stats.on_expired(job.remaining)
+        job.cancelled = True
+        _settle(job.future, error=DeadlineExceededError(
+            f"the request's deadline {when}; its {job.remaining} pending pairs were dropped unscored"))
+
     def _drop(self, job: Job) -> None:
-        left = job.token_ids[job.next_row:]
-        self._queued_rows -= len(left)
-        self._queued_tokens -= sum(len(t) for t in left)
+        """Forget ``job``'s untaken rows (lock held)."""
+        left = len(job.token_ids) - job.next_row
+        self._queued_rows -= left
+        self._queued_tokens -= job.untaken_tokens
+        job.untaken_tokens = 0
         job.next_row = len(job.token_ids)
 
     def _wait_for_work(self) -> list[tuple[Job, int]] | None:
         with self._cond:
-            while not self._queue and not self._stopping:
+            self._running_tokens = 0
+            while not self._jobs and not self._stopping:
                 self._cond.wait()
-            if not self._queue:
+            if not self._jobs:
                 return None  # stopping and drained
             deadline = time.perf_counter() + self.max_wait_s
             while self._queued_tokens < self.policy.token_budget and not self._stopping:
@@ -222,20 +310,32 @@ class BatchScheduler:
                 self._run_window(window)
 
     def _run_window(self, window: list[tuple[Job, int]]) -> None:
-        """Score one window through the scoring core; rows of requests cancelled meanwhile are skipped."""
+        """Score one window through the scoring core; rows of requests cancelled or expired meanwhile are skipped."""
         rows = [job.token_ids[row] for job, row in window]
 
         def live(indices: np.ndarray) -> np.ndarray:
-            return np.asarray([i for i in indices if not window[i][0].cancelled], dtype=np.int64)
+            now = time.perf_counter()
+            kept = []
+            for i in indices:
+                job = window[i][0]
+                if not job.cancelled and now >= job.deadline:  # too late for an answer: skip the rest
+                    self._expire(job, "passed while its pairs were being scored")
+                if not job.cancelled:
+                    kept.append(i)
+            return np.asarray(kept, dtype=np.int64)
 
         for result in iter_batch_logits(self.backend, rows, self.policy, self.pad_id, keep=live, catch_errors=True):
+            real_tokens = sum(len(rows[i]) for i in result.indices)
+            with self._cond:
+                self._running_tokens = max(0, self._running_tokens - real_tokens)
             if result.error is not None or result.logits is None:  # fail the requests in this batch, keep serving
                 for i in result.indices:
                     _settle(window[i][0].future, error=result.error or RuntimeError("the backend returned nothing"))
                 continue
             seconds = result.seconds
-            rate = result.padded_tokens / seconds if seconds > 0 else 0.0
-            self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
+            if seconds > 0:
+                rate = real_tokens / seconds
+                self._tokens_per_s = rate if not self._tokens_per_s else 0.9 * self._tokens_per_s + 0.1 * rate
             if self.stats.on_batch:
                 self.stats.on_batch(len(result.indices), result.padded_tokens, seconds)
             for k, i in enumerate(result.indices):
