@@ -31,8 +31,9 @@ this run):
    other 5xx, connection errors, client time-outs), goodput (pairs/s of 200s completed within the
    arrival window) and its ratio to sustainable, p50/p99 of 200s, p99 of admitted requests
    (200, 504, 5xx, client time-outs) against the deadline, p99 of 429s, Retry-After values seen.
-   Every rerank request carries ``X-Request-Timeout: <--deadline>``, and the server is started
-   with ``--request-timeout <--deadline>`` (older servers ignore the header).
+   Every rerank request carries ``X-Request-Timeout: <--deadline>``; the server is started with
+   ``--request-timeout`` the larger of ``--deadline`` and ``--big-deadline`` (older servers ignore
+   the header, so for them every request has the long one, as their defaults did).
 3. mixed traffic: ``--mixed-clients`` closed-loop clients sending 5–50 documents per request
    alone, then the same while one more client sends ``--big-docs`` (3,000) documents per request:
    the small requests' p99 with the big client vs alone, and the big requests' statuses.
@@ -161,7 +162,8 @@ def serve_command(version: Version, artifact: Path, port: int, args: argparse.Na
     """``(command, dropped)``: the options this version knows, and those left out because it does not."""
     wanted: list[tuple[str, object]] = [
         ("--port", port), ("--precision", "fp32"), ("--backend", "onnxruntime"), ("--threads", common.THREADS),
-        ("--max-length", common.MAX_LENGTH), ("--request-timeout", f"{args.deadline:g}"), ("--log-level", "info"),
+        ("--max-length", common.MAX_LENGTH), ("--request-timeout",
+                                                 f"{max(args.deadline, args.big_deadline):g}"), ("--log-level", "info"),
         ("--max-concurrent-requests", args.max_concurrent_requests), ("--header-timeout", args.header_timeout),
         ("--max-connections", args.max_connections), ("--drain-grace", args.drain_grace)]
     for extra in args.serve_arg:
@@ -290,7 +292,8 @@ async def send(client: httpx.AsyncClient, url: str, body: dict, docs: int, timeo
     """One POST with a hard total time-out; never raises for what the server or network does."""
     sent = time.perf_counter() if due is None else due
     try:
-        response = await asyncio.wait_for(client.post(url, json=body, headers=headers), timeout_s)
+        response = await asyncio.wait_for(client.post(url, json=body, headers=headers,
+                                                      timeout=httpx.Timeout(timeout_s, connect=5.0)), timeout_s)
     except (asyncio.TimeoutError, httpx.TimeoutException):
         return Outcome("timeout", None, sent, time.perf_counter(), docs)
     except (httpx.HTTPError, OSError):
@@ -484,8 +487,10 @@ async def phase_mixed(ctx: Ctx, with_big: bool) -> dict:
     small_loop = closed_loop(ctx.client, ctx.url, ctx.texts.sized(*SMALL_DOCS), args.mixed_clients,
                              args.mixed_duration, args.client_timeout, ctx.headers)
     if with_big:
+        # a batch client: a long deadline of its own (the server's --request-timeout), so that it is admitted
+        # and fairness, not admission, decides how the small requests fare beside it
         big_loop = closed_loop(ctx.client, ctx.url, ctx.texts.sized(args.big_docs, args.big_docs), 1,
-                               args.mixed_duration, args.client_timeout, ctx.headers)
+                               args.mixed_duration, args.big_deadline + 10, {DEADLINE_HEADER: f"{args.big_deadline:g}"})
         (small, _), (big, _) = await asyncio.gather(small_loop, big_loop)
     else:
         (small, _), big = await small_loop, []
@@ -745,9 +750,13 @@ def targets(v: dict, args: argparse.Namespace) -> list[dict]:
     if alone and big:
         a, b = alone["small"]["ok"]["p99_ms"], big["small"]["ok"]["p99_ms"]
         ratio = None if not a or b is None else b / a
-        out.append({"target": f"small p99 with the big client ≤ {MIXED_RATIO_GOAL:g}× alone",
-                    "value": "—" if ratio is None else f"{ratio:.2f}× ({fmt_ms(b)} vs {fmt_ms(a)})",
-                    "met": None if ratio is None else ratio <= MIXED_RATIO_GOAL})
+        # refusing the small requests is not fairness: every one of them must be served too
+        refused = big["small"]["requests"] - big["small"]["counts"]["200"]
+        big_ok = big["big"]["counts"]["200"]
+        out.append({"target": f"small p99 with the big client ≤ {MIXED_RATIO_GOAL:g}× alone, all served",
+                    "value": "—" if ratio is None else (f"{ratio:.2f}× ({fmt_ms(b)} vs {fmt_ms(a)}); "
+                                                        f"{refused} small not served; {big_ok} big served"),
+                    "met": None if ratio is None else ratio <= MIXED_RATIO_GOAL and refused == 0})
     if "stalled" in phases:
         d = phases["stalled"]["during"]
         out.append({"target": "stalled connections: other clients served",
@@ -929,7 +938,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="phase 2 seconds per factor (default 60; smoke 5)")
     parser.add_argument("--factors", default="2,4", help="open-loop loads, × the sustainable pair rate")
     parser.add_argument("--mixed-duration", type=float, help="phase 3 seconds, alone and again with the big "
-                        "client (default 30; smoke 5)")
+                        "client (default 60; smoke 5)")
     parser.add_argument("--mixed-clients", type=int, default=4)
     parser.add_argument("--big-docs", type=int, default=3000)
     parser.add_argument("--stalled", type=int, help="stalled sockets (default 1100; smoke 300)")
@@ -940,6 +949,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--server-nofile", type=int, help="RLIMIT_NOFILE of the phase-4 server (default 1024, "
                         "systemd's; smoke 256 so that 300 sockets exhaust it)")
     parser.add_argument("--deadline", type=float, default=10.0, help="request deadline in seconds")
+    parser.add_argument("--big-deadline", type=float, default=180.0,
+                        help="deadline of the mixed phase's 3,000-document requests; the server's --request-timeout "
+                             "is the larger of the two (older servers ignore the header and use it for everything)")
     parser.add_argument("--client-timeout", type=float, help="hard time-out per client call (default deadline + 10)")
     parser.add_argument("--pool", type=int, default=2048, help="connections of the load generator's client")
     parser.add_argument("--sustainable", type=float, help="pairs/s to use when the sustain phase is skipped")
@@ -957,7 +969,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     defaults = {  # (full run, smoke)
-        "sustain_duration": (30.0, 5.0), "duration": (60.0, 5.0), "mixed_duration": (30.0, 5.0),
+        "sustain_duration": (30.0, 5.0), "duration": (60.0, 5.0), "mixed_duration": (60.0, 5.0),
         "stalled": (1100, 300), "stalled_half": (100, 30), "stalled_window": (45.0, 15.0),
         "server_nofile": (1024, 256), "settle_max": (30.0, 5.0)}
     for name, (full, smoke) in defaults.items():

@@ -138,16 +138,23 @@ def test_admission_refuses_at_submit_what_cannot_finish_by_its_deadline():
     backend = TimedBackend(0.001)  # 1,000 tokens/s
     sched = _scheduler(backend, tokens_per_s=1000.0, window_tokens=64)
     try:
-        first = sched.submit([[1] * 50] * 20, deadline=time.perf_counter() + 30)  # 1,000 tokens ≈ 1 s
+        # 1,000 tokens ≈ 1 s, due in 1.15 s: little slack, so it runs before anything with more slack
+        first = sched.submit([[1] * 50] * 20, deadline=time.perf_counter() + 1.15)
         started = time.perf_counter()
         with pytest.raises(QueueFullError, match="overloaded") as info:
             sched.submit([[2] * 50] * 4, deadline=time.perf_counter() + 0.5)  # needs > 1 s, has 0.5 s
         assert time.perf_counter() - started < 0.05  # refused at once, not after waiting
         assert info.value.reason == "deadline" and 1 <= info.value.retry_after_s <= 2
         ok = sched.submit([[3] * 50] * 2, deadline=time.perf_counter() + 10)  # plenty of time: admitted
-        first.future.result(10)
+        first.future.exception(10)  # done, in time or dropped at its deadline: either way it is not this test's
         assert ok.future.result(10)[0, 0] == 150
         assert 2 not in backend.finished  # the refused request cost nothing
+        # a small request is not refused for a big one that it would overtake (fairness-aware admission)
+        big = sched.submit([[4] * 50] * 200, deadline=time.perf_counter() + 60)  # 10,000 tokens ≈ 10 s
+        time.sleep(0.1)
+        small = sched.submit([[5] * 50] * 2, deadline=time.perf_counter() + 1.0)
+        assert small.future.result(5)[0, 0] == 250 and not big.future.done()
+        big.cancel()
     finally:
         sched.stop()
 

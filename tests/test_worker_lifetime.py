@@ -1,4 +1,4 @@
-"""File-scoring worker processes die with their parent, however the parent died.
+"""Worker processes (file scoring, the server's body parsing) die with their parent, however it died.
 
 A worker blocks on its call queue and would otherwise outlive a ``kill -9``-ed parent for as long
 as the machine runs (seen: 12+ minutes, 244 MB). The parent here is a real process building the
@@ -81,3 +81,58 @@ def test_workers_exit_soon_after_parent_is_killed(tiny_artifact):
                 os.kill(pid, signal.SIGKILL)
         parent.stdout.close()
         parent.stderr.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_server_body_parsing_workers_exit_after_kill_9(tiny_artifact):
+    """``rerankrt serve`` parses big bodies in worker processes; a kill -9 of the server leaves none behind."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "rerankrt.engine.cli", "serve", str(tiny_artifact), "--port",
+                               str(port), "--precision", "fp32", "--backend", "onnxruntime", "--log-level", "warning"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        big = {"query": "q", "documents": ["a document " * 100] * 100}  # > 64 KiB: parsed in a worker
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json=big, timeout=60).status_code == 200
+        workers = [pid for pid in _children(server.pid) if _is_worker(pid)]
+        assert workers, "no body-parsing worker process found"
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if _alive(pid)], "parsing workers outlived the kill -9-ed server by 5 s"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=10)
+        for pid in workers:
+            if _alive(pid) and _is_worker(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -41,7 +41,7 @@ from .config import ServerConfig
 from .errors import ApiError
 from .metrics import ServerMetrics
 from .middleware import DEADLINE_SCOPE_KEY, FrontDoor
-from .parsing import BodyParser, TextLimits
+from .parsing import IN_PROCESS_MAX_BYTES, BodyParser, TextLimits
 from .scheduler import ADMIT_FRACTION, BatchScheduler, DeadlineExceededError, QueueFullError, SchedulerStoppedError
 from .schemas import RerankRequest, TeiRerankRequest
 
@@ -100,6 +100,7 @@ class ServerState:
         self.permits = Permits(self.config.max_concurrent_requests, self.config.max_client_concurrency)
         self.pool = TokenizePool(self.config.tokenize_threads, self.config.max_tokenize_waiting)
         self.parser = BodyParser(TextLimits(self.config.max_documents, self.config.max_document_bytes))
+        self._chars_per_token: dict[str, float] = {}
 
     @property
     def default_model(self) -> str:
@@ -140,7 +141,7 @@ class ServerState:
         """429 before the body is read when every model's queued work alone exceeds the deadline."""
         if not self.schedulers:
             return
-        backlog = min(s.backlog_s() for s in self.schedulers.values())
+        backlog = min(s.min_wait_s() for s in self.schedulers.values())
         if backlog > ADMIT_FRACTION * timeout_s:
             retry = max(1, math.ceil(backlog - ADMIT_FRACTION * timeout_s))
             raise ApiError(429, "overloaded", f"~{backlog:.2f} s of work is queued ahead, too much for this "
@@ -155,17 +156,30 @@ class ServerState:
                            f"{sorted(self.models)}")
         return name, self.models[name]
 
-    def _parse_and_encode(self, raw: bytes, schema: type[RerankRequest] | type[TeiRerankRequest]
-                          ) -> tuple[Any, str, Reranker, Encoded]:
-        """In a pool thread: the validated request, its model, and its tokenized pairs."""
-        body = self.parser(raw, schema)
-        name, reranker = self.pick(body.model)
-        texts = body.texts if isinstance(body, TeiRerankRequest) else [
-            d if isinstance(d, str) else d.text for d in body.documents]
+    def _estimate_tokens(self, name: str, reranker: Reranker, query: str, texts: list[str]) -> int:
+        """Tokens of the pairs, estimated from their length in characters (before tokenizing).
+
+        Characters per token are learned from this model's traffic (a moving average over pairs that
+        were not truncated); each pair counts at most the model's ``max_length``.
+        """
+        per_token = self._chars_per_token.get(name, 4.0)
+        cap, q = reranker.max_length, len(query)
+        return int(sum(min(cap, (q + len(t)) / per_token + 3) for t in texts))
+
+    def _encode(self, name: str, reranker: Reranker, query: str, texts: list[str]) -> Encoded:
+        """In a pool thread: tokenize, and learn characters per token for the next estimates."""
         started = time.perf_counter()
-        encoded = reranker.encode([(body.query, t) for t in texts])
+        encoded = reranker.encode([(query, t) for t in texts])
         self.metrics.tokenize_time.labels(name).observe(time.perf_counter() - started)
-        return body, name, reranker, encoded
+        chars = tokens = 0
+        for text, ids, cut in zip(texts, encoded.token_ids, encoded.truncated):
+            if not cut:
+                chars += len(query) + len(text)
+                tokens += len(ids)
+        if tokens:
+            old = self._chars_per_token.get(name)
+            self._chars_per_token[name] = chars / tokens if old is None else 0.8 * old + 0.2 * chars / tokens
+        return encoded
 
     async def score(self, request: Request, schema: type[RerankRequest] | type[TeiRerankRequest],
                     truncate: bool | None = None) -> tuple[Any, Scored]:
@@ -173,10 +187,24 @@ class ServerState:
         deadline, timeout = request.scope.get(DEADLINE_SCOPE_KEY) or (
             time.perf_counter() + self.config.request_timeout_s, self.config.request_timeout_s)
         raw = await request.body()
-        body, name, reranker, encoded = await self.pool.run(self._parse_and_encode, raw, schema)
+        # a small body is parsed right here (≤ 64 KiB: at worst ~10 ms of GIL, typically < 1 ms) so that a
+        # request about to be refused never waits in the tokenization line; a big one in a worker process
+        body = self.parser(raw, schema) if len(raw) <= IN_PROCESS_MAX_BYTES else await self.pool.run(
+            self.parser, raw, schema)
+        name, reranker = self.pick(body.model)
+        texts = body.texts if isinstance(body, TeiRerankRequest) else [
+            d if isinstance(d, str) else d.text for d in body.documents]
+        scheduler = self.schedulers[name]
+        try:
+            scheduler.check_admission(self._estimate_tokens(name, reranker, body.query, texts), deadline)
+        except QueueFullError as exc:
+            raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)},
+                           reason=exc.reason) from None
+        encoded = await self.pool.run(self._encode, name, reranker, body.query, texts)
         token_ids, truncated = encoded.token_ids, encoded.truncated
         if truncate is None:
-            truncate = self.config.auto_truncate if getattr(body, "truncate", None) is None else body.truncate
+            asked = getattr(body, "truncate", None)
+            truncate = self.config.auto_truncate if asked is None else asked
         if not truncate and truncated.any():
             first = int(np.argmax(truncated))
             raise ApiError(413, "limit_exceeded", f"document {first} does not fit the model's {reranker.max_length} "
@@ -185,7 +213,7 @@ class ServerState:
         if time.perf_counter() >= deadline:
             raise _timeout(timeout)
         try:
-            job = self.schedulers[name].submit(token_ids, deadline=deadline)
+            job = scheduler.submit(token_ids, deadline=deadline)
         except QueueFullError as exc:
             raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)},
                            reason=exc.reason) from None

@@ -4,9 +4,10 @@ Order, cheapest first (each step answers in the documented ``{"error": …}`` sh
 route (404/405) → API key (401, constant-time compare, before a byte of the body is read: an
 unauthenticated 60 MiB body used to cost +1 GB before its 401) → for the rerank routes: started
 (503) → the request's deadline (``X-Request-Timeout``) → a concurrency permit, global and per
-client (429) → JSON media type, no content coding (415) → declared ``Content-Length`` (413) → queued work already past the deadline (429 with
-``Retry-After``, before the body is read) → the body, bounded in size (413) and in time (408).
-Then the app parses, tokenizes and submits (``app.py``), and the permit is returned when the
+client (429) → JSON media type, no content coding (415) → declared ``Content-Length`` (413) →
+work that would run before any new request already past the deadline (429 with ``Retry-After``)
+→ the body, bounded in size (413) and in time (408). Then the app parses, estimates the tokens
+(429 before tokenizing), tokenizes and submits (``app.py``), and the permit is returned when the
 response is complete.
 
 Why pure ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware`` wraps

@@ -50,6 +50,8 @@ from ..scoring import iter_batch_logits
 # Admit a request only if the work ahead plus its own fits this fraction of the time to its deadline:
 # the rate is a moving average and windows are served fairly, not strictly in order, so keep a margin.
 ADMIT_FRACTION = 0.8
+# A job whose slack is below this many windows' worth of work is served before any shorter job.
+URGENT_WINDOWS = 8
 
 
 class QueueFullError(RerankrtError):
@@ -195,18 +197,32 @@ class BatchScheduler:
             self.stats.on_queue_depth(depth)
         return job
 
+    def check_admission(self, tokens: int, deadline: float) -> None:
+        """Raise :class:`QueueFullError` now if ``tokens`` (an estimate, before tokenizing) could not be admitted.
+
+        The server calls this right after parsing, with tokens estimated from the texts' UTF-8 length,
+        so a request that will be refused is refused before it is tokenized (milliseconds); the exact
+        check runs again at :meth:`submit`.
+        """
+        with self._cond:
+            self._admit_tokens(0, tokens, deadline)
+
     def _admit(self, job: Job, tokens: int) -> None:
-        """Refuse ``job`` (lock held) unless it fits the row cap and can finish by its deadline."""
+        self._admit_tokens(job.remaining, tokens, job.deadline)
+
+    def _admit_tokens(self, rows: int, tokens: int, deadline: float) -> None:
+        """Refuse (lock held) unless ``rows`` fit the row cap and ``tokens`` can finish by ``deadline``."""
         rate = self.tokens_per_s
         ahead = self._queued_tokens + self._running_tokens
-        if self._queued_rows + job.remaining > self.max_queued_rows:
+        if self._queued_rows + rows > self.max_queued_rows:
             raise QueueFullError(
                 f"the queue of model {self.name!r} is full ({self._queued_rows} pairs waiting, limit "
                 f"{self.max_queued_rows})", max(1, math.ceil((ahead + tokens - self._room_tokens()) / rate)))
-        if ahead == 0 or job.deadline == math.inf:
+        if ahead == 0 or deadline == math.inf:
             return
+        ahead = self._work_ahead_of(tokens, deadline, rate)
         needed_s = (ahead + tokens) / rate
-        left_s = ADMIT_FRACTION * (job.deadline - time.perf_counter())
+        left_s = ADMIT_FRACTION * (deadline - time.perf_counter())
         if needed_s > left_s:
             # it fits once the queue has drained by the excess; at least a second (HTTP's unit)
             retry = max(1, math.ceil(min(needed_s - left_s, ahead / rate)))
@@ -244,7 +260,7 @@ class BatchScheduler:
                 self._expire(job, "passed (or could no longer be met) while it was queued")
             else:
                 live.append(job)
-        live.sort(key=lambda j: j.untaken_tokens / rate - (now - j.enqueued_at))
+        live.sort(key=lambda j: self._priority(j, now, rate))
         window: list[tuple[Job, int]] = []
         tokens = 0
         for job in live:
@@ -264,6 +280,42 @@ class BatchScheduler:
         self._jobs = [job for job in self._jobs if not job.fully_taken]
         self._running_tokens = tokens
         return window
+
+    def _work_ahead_of(self, tokens: int, deadline: float, rate: float) -> int:
+        """Tokens that would run before a job of ``tokens`` submitted now (lock held): the running window
+        and the queued jobs that sort before it. A 5-document request does not wait for a queued
+        3,000-document one, so it must not be refused for that one's work either."""
+        now = time.perf_counter()
+        key = self._key(tokens, deadline, now, now, rate)
+        return self._running_tokens + sum(job.untaken_tokens for job in self._jobs if not job.cancelled
+                                          and self._priority(job, now, rate) <= key)
+
+    def min_wait_s(self) -> float:
+        """Seconds of work that would run before *any* request submitted now: the running window and the
+        jobs that even an empty request would not overtake (urgent ones, and those that waited longer
+        than their remaining work). The front door refuses before reading a body when this exceeds the
+        request's deadline."""
+        with self._cond:
+            return self._work_ahead_of(0, math.inf, self.tokens_per_s) / self.tokens_per_s
+
+    def _key(self, untaken_tokens: int, deadline: float, enqueued_at: float, now: float, rate: float
+             ) -> tuple[int, float]:
+        remaining_s = untaken_tokens / rate
+        slack = deadline - now - remaining_s
+        if slack < URGENT_WINDOWS * self.window_tokens / rate:
+            return (0, slack)
+        return (1, remaining_s - (now - enqueued_at))
+
+    def _priority(self, job: Job, now: float, rate: float) -> tuple[int, float]:
+        """Sort key of a job when a window is filled: urgent jobs first, by least slack; then the rest
+        by remaining work minus time waited.
+
+        Shortest-remaining-first lets small requests overtake big ones; but every request was admitted
+        on an estimate of the work ahead of it *at admission*, and overtaking adds work ahead. A job whose
+        slack (time left to its deadline minus its own remaining work) is down to a few windows' worth
+        goes first, earliest-slack first, so being overtaken never costs it its deadline.
+        """
+        return self._key(job.untaken_tokens, job.deadline, job.enqueued_at, now, rate)
 
     def _expire(self, job: Job, when: str) -> None:
         """Fail ``job`` with :class:`DeadlineExceededError`; its rows still queued or in later batches are skipped."""
