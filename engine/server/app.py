@@ -41,7 +41,7 @@ from .config import ServerConfig
 from .errors import ApiError
 from .metrics import ServerMetrics
 from .middleware import DEADLINE_SCOPE_KEY, FrontDoor
-from .parsing import IN_PROCESS_MAX_BYTES, BodyParser, TextLimits
+from .parsing import BodyParser, TextLimits
 from .scheduler import ADMIT_FRACTION, BatchScheduler, DeadlineExceededError, QueueFullError, SchedulerStoppedError
 from .schemas import RerankRequest, TeiRerankRequest
 
@@ -99,7 +99,8 @@ class ServerState:
     def __post_init__(self) -> None:
         self.permits = Permits(self.config.max_concurrent_requests, self.config.max_client_concurrency)
         self.pool = TokenizePool(self.config.tokenize_threads, self.config.max_tokenize_waiting)
-        self.parser = BodyParser(TextLimits(self.config.max_documents, self.config.max_document_bytes))
+        self.parser = BodyParser(TextLimits(self.config.max_documents, self.config.max_document_bytes),
+                                 max_waiting=self.config.max_tokenize_waiting)
         self._chars_per_token: dict[str, float] = {}
 
     @property
@@ -187,10 +188,7 @@ class ServerState:
         deadline, timeout = request.scope.get(DEADLINE_SCOPE_KEY) or (
             time.perf_counter() + self.config.request_timeout_s, self.config.request_timeout_s)
         raw = await request.body()
-        # a small body is parsed right here (≤ 64 KiB: at worst ~10 ms of GIL, typically < 1 ms) so that a
-        # request about to be refused never waits in the tokenization line; a big one in a worker process
-        body = self.parser(raw, schema) if len(raw) <= IN_PROCESS_MAX_BYTES else await self.pool.run(
-            self.parser, raw, schema)
+        body = await self.parser.parse(raw, schema)
         name, reranker = self.pick(body.model)
         texts = body.texts if isinstance(body, TeiRerankRequest) else [
             d if isinstance(d, str) else d.text for d in body.documents]

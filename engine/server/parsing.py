@@ -7,8 +7,8 @@ the order is: JSON (stdlib, C speed; NaN/Infinity refused) → the body is an ob
 against ``max_documents`` → the pydantic model (strict types, at most 10 errors reported) → text
 validity and size per string. Every failure is an :class:`ApiError` with a 4xx status.
 
-Where: a body up to :data:`IN_PROCESS_MAX_BYTES` is parsed in the calling (tokenization) thread;
-a bigger one in a worker *process* (:class:`BodyParser`). Parsing holds Python's GIL — json.loads
+Where: a body up to :data:`IN_PROCESS_MAX_BYTES` is parsed on the event loop; a bigger one in a
+worker *process* (:class:`BodyParser`). Parsing holds Python's GIL — json.loads
 and pydantic never release it — and 1 MiB of ``[[],[],…]`` takes 90–290 ms to parse, during which
 the event loop could not answer even ``/health``. In a worker process it costs the loop nothing;
 only the validated request (at most ``max_documents`` strings) comes back. The worker dies with the
@@ -21,6 +21,7 @@ values; tokenizers cannot take them and UTF-8 cannot encode them. They are refus
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import multiprocessing
@@ -143,11 +144,13 @@ def _init_parse_worker(parent: int) -> None:
 
 
 class BodyParser:
-    """:func:`parse_request` in this thread for small bodies, in worker processes for big ones."""
+    """:func:`parse_request` on the event loop for small bodies, in worker processes for big ones."""
 
-    def __init__(self, limits: TextLimits, processes: int | None = None) -> None:
+    def __init__(self, limits: TextLimits, processes: int | None = None, max_waiting: int = 64) -> None:
         self.limits = limits
         self.processes = processes or min(2, os.cpu_count() or 1)
+        self.max_waiting = max_waiting
+        self.pending = 0
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
@@ -164,13 +167,21 @@ class BodyParser:
             return
         self._pool = pool
 
-    def __call__(self, raw: bytes, model: type[RerankRequest] | type[TeiRerankRequest]
-                 ) -> RerankRequest | TeiRerankRequest:
+    async def parse(self, raw: bytes, model: type[RerankRequest] | type[TeiRerankRequest]
+                    ) -> RerankRequest | TeiRerankRequest:
+        """Called on the event loop: a small body is parsed right here (≤ 64 KiB: at worst ~10 ms of GIL,
+        typically < 1 ms), a big one in a worker process while the loop goes on. Neither waits in the
+        tokenization line, so a request about to be refused is refused in milliseconds."""
         pool = self._pool
         if pool is None or len(raw) <= IN_PROCESS_MAX_BYTES:
             return parse_request(raw, model, self.limits)
+        if self.pending >= self.processes + self.max_waiting:
+            raise ApiError(429, "overloaded", f"{self.pending} big bodies are being parsed, the server's limit "
+                           f"({self.processes} processes + {self.max_waiting} waiting)", headers={"Retry-After": "1"},
+                           limit="max_tokenize_waiting", value=self.max_waiting)
+        self.pending += 1
         try:
-            return pool.submit(parse_request, raw, model, self.limits).result()
+            return await asyncio.wrap_future(pool.submit(parse_request, raw, model, self.limits))
         except BrokenProcessPool:  # a worker died (killed, out of memory): replace the pool, refuse this body
             log.warning("a body-parsing worker died; starting new ones")
             self._pool = None
@@ -178,6 +189,8 @@ class BodyParser:
             self.start()
             raise ApiError(413, "limit_exceeded", "the body could not be parsed within the server's resources",
                            limit="max_body_bytes", value=len(raw)) from None
+        finally:
+            self.pending -= 1
 
     def close(self) -> None:
         if self._pool is not None:
