@@ -195,3 +195,23 @@ def test_a_small_request_overtakes_a_big_one_queued_before_it():
         np.testing.assert_array_equal(big.future.result(0)[:, 0], [16] * 200)
     finally:
         sched.stop()
+
+
+def test_admission_keeps_admitted_requests_within_their_deadlines():
+    from rerankrt.engine.server.scheduler import TooMuchWorkError
+
+    backend = TimedBackend(0.001)  # 1,000 tokens/s
+    sched = _scheduler(backend, tokens_per_s=1000.0, window_tokens=64)
+    try:
+        now = time.perf_counter()
+        admitted = sched.submit([[1] * 50] * 80, deadline=now + 4.6)  # 4,000 tokens ≈ 4 s: 0.6 s of slack
+        # 1,000 tokens due in 1.5 s: less slack, so it would run first, and could make its own deadline, but
+        # the admitted request would then finish at ~5 s, past its 4.6 s: refused
+        with pytest.raises(QueueFullError, match="already admitted"):
+            sched.submit([[2] * 50] * 20, deadline=time.perf_counter() + 1.5)
+        with pytest.raises(TooMuchWorkError, match="more than its deadline"):  # alone it needs ~5 s of 3 s
+            sched.submit([[3] * 50] * 100, deadline=time.perf_counter() + 3)
+        assert admitted.future.result(10).shape == (80, 1)
+        assert 2 not in backend.finished and 3 not in backend.finished
+    finally:
+        sched.stop()

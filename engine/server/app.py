@@ -42,7 +42,14 @@ from .errors import ApiError
 from .metrics import ServerMetrics
 from .middleware import DEADLINE_SCOPE_KEY, FrontDoor
 from .parsing import BodyParser, TextLimits
-from .scheduler import ADMIT_FRACTION, BatchScheduler, DeadlineExceededError, QueueFullError, SchedulerStoppedError
+from .scheduler import (
+    ADMIT_FRACTION,
+    BatchScheduler,
+    DeadlineExceededError,
+    QueueFullError,
+    SchedulerStoppedError,
+    TooMuchWorkError,
+)
 from .schemas import RerankRequest, TeiRerankRequest
 
 log = logging.getLogger("rerankrt.server")
@@ -215,6 +222,8 @@ class ServerState:
         except QueueFullError as exc:
             raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)},
                            reason=exc.reason) from None
+        except TooMuchWorkError as exc:
+            raise ApiError(413, "limit_exceeded", str(exc), limit="request_timeout_s", value=timeout) from None
         except SchedulerStoppedError as exc:
             raise ApiError(503, "shutting_down", str(exc), headers={"Retry-After": "1"}) from None
         logits = await self._await_job(request, job, deadline, timeout)
