@@ -146,7 +146,8 @@ class ServerState:
 
     # -- admission ------------------------------------------------------------------------------
     def refuse_if_backlogged(self, timeout_s: float) -> None:
-        """429 before the body is read when every model's queued work alone exceeds the deadline."""
+        """429 before the body is read when, for every model, the work that would run before any new request
+        (the running window and requests already out of slack) exceeds the deadline's admissible share."""
         if not self.schedulers:
             return
         backlog = min(s.min_wait_s() for s in self.schedulers.values())
