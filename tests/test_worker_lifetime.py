@@ -49,6 +49,16 @@ def _is_worker(pid: int) -> bool:
         return False
 
 
+def _kill_9_and_wait(parent: subprocess.Popen, pids: list[int], within_s: float = 5.0) -> list[int]:
+    """``kill -9`` ``parent``, then the ``pids`` still alive after ``within_s`` seconds."""
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + within_s
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [pid for pid in pids if _alive(pid)]
+
+
 def _read_line(proc: subprocess.Popen, timeout_s: float) -> str:
     ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
     return proc.stdout.readline() if ready else ""
@@ -66,12 +76,8 @@ def test_workers_exit_soon_after_parent_is_killed(tiny_artifact):
         pids = [int(pid) for pid in line.split()]
         assert len(pids) == 2 and all(_alive(pid) for pid in pids)
 
-        os.kill(parent.pid, signal.SIGKILL)
-        parent.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in pids if _alive(pid)], "workers outlived their kill -9-ed parent by 5 s"
+        survivors = _kill_9_and_wait(parent, pids)
+        assert not survivors, "workers outlived their kill -9-ed parent by 5 s"
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -123,12 +129,8 @@ def test_server_body_parsing_workers_exit_after_kill_9(tiny_artifact):
         assert httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json=big, timeout=60).status_code == 200
         workers = [pid for pid in _children(server.pid) if _is_worker(pid)]
         assert workers, "no body-parsing worker process found"
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in workers if _alive(pid)], "parsing workers outlived the kill -9-ed server by 5 s"
+        survivors = _kill_9_and_wait(server, workers)
+        assert not survivors, "parsing workers outlived the kill -9-ed server by 5 s"
     finally:
         if server.poll() is None:
             server.kill()
