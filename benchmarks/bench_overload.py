@@ -273,6 +273,7 @@ class Outcome:
     done: float
     docs: int
     retry_after: str | None = None
+    stage: str | None = None  # for a 429: refused "before body" (front door) or "after body" (parsed first)
 
     @property
     def latency(self) -> float:
@@ -298,8 +299,22 @@ async def send(client: httpx.AsyncClient, url: str, body: dict, docs: int, timeo
         return Outcome("timeout", None, sent, time.perf_counter(), docs)
     except (httpx.HTTPError, OSError):
         return Outcome("connection_error", None, sent, time.perf_counter(), docs)
-    return Outcome(kind_of(response.status_code), response.status_code, sent, time.perf_counter(), docs,
-                   response.headers.get("retry-after"))
+    done = time.perf_counter()
+    return Outcome(kind_of(response.status_code), response.status_code, sent, done, docs,
+                   response.headers.get("retry-after"), refusal_stage(response))
+
+
+def refusal_stage(response: httpx.Response) -> str | None:
+    """Where a 429 was decided, from its message: before the body was read (the front door's backlog or
+    size estimate) or after it was parsed (the estimate from the texts, or the exact check after tokenizing).
+    Older servers' messages all count as "after body"."""
+    if response.status_code != 429:
+        return None
+    try:
+        message = str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return "after body"
+    return "before body" if "queued ahead" in message or "estimated from the request's" in message else "after body"
 
 
 def counts(outcomes: list[Outcome]) -> dict:
@@ -474,6 +489,8 @@ async def phase_open(ctx: Ctx, factor: float, sustainable: float) -> dict:
             "goodput_all_pairs_s": sum(o.docs for o in ok) / max(args.duration, last - started),
             "tail_after_window_s": max(0.0, last - started - args.duration),
             "ok": latency(ok), "admitted": admitted_lat, "rejected_429": latency(rejected),
+            "rejected_429_by_stage": {stage: latency([o for o in rejected if o.stage == stage])
+                                      for stage in ("before body", "after body")},
             "retry_after": dict(Counter(o.retry_after for o in rejected if o.retry_after is not None)),
             "deadline_s": args.deadline,
             "admitted_p99_within_deadline": (None if admitted_lat["p99_ms"] is None
@@ -836,6 +853,16 @@ def markdown_body(versions: list[dict], args: argparse.Namespace) -> list[str]:
                     f"{p['goodput_pairs_s']:.0f} ({p['goodput_ratio']:.2f}×) | {fmt_ms(p['ok']['p50_ms'])} / "
                     f"{fmt_ms(p['ok']['p99_ms'])} | {fmt_ms(p['admitted']['p99_ms'])} | "
                     f"{fmt_ms(p['rejected_429']['p99_ms'])} | {retry} | {fmt_ms(p['client_lag_ms']['p99'])} |")
+    stage_rows = [(v["version"], factor, p["rejected_429_by_stage"]) for v in versions for factor in args.factors
+                  if (p := v["phases"].get(f"open-{factor:g}x")) and "rejected_429_by_stage" in p]
+    if stage_rows:
+        lines += ["", "Where the 429s were decided: before the body was read (front door: backlog, or the size "
+                  "estimate) or after it was parsed.", "",
+                  "| version | load | before body: n, p50 / p99 | after body: n, p50 / p99 |", "|---|---|---|---|"]
+        for version, factor, by_stage in stage_rows:
+            cells = [f"{r['n']}, {fmt_ms(r['p50_ms'])} / {fmt_ms(r['p99_ms'])}" if r["n"] else "0"
+                     for r in (by_stage["before body"], by_stage["after body"])]
+            lines.append(f"| {version} | {factor:g}× | {cells[0]} | {cells[1]} |")
 
     lines += ["", f"## 3. Mixed traffic ({args.mixed_clients} closed-loop clients × {SMALL_DOCS[0]}–{SMALL_DOCS[1]} "
               f"docs, then + 1 client × {args.big_docs} docs)", "",

@@ -400,6 +400,16 @@ def test_deadline_admission_refuses_at_once_what_the_queue_cannot_finish_in_time
             refused_in = time.perf_counter() - started
             assert r.status_code == 429 and r.json()["error"]["type"] == "overloaded", r.text
             assert refused_in < 0.15 and 1 <= int(r.headers["retry-after"]) <= 3
+            # a body announced far bigger than the time left allows (estimated from its Content-Length and the
+            # bytes per token learned from the big request): 429 before any of the body is sent
+            port = int(server.url.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                             b"x-request-timeout: 20\r\ncontent-length: 4000000\r\n\r\n")
+                started = time.perf_counter()
+                reply = sock.recv(65536)
+                assert reply.startswith(b"HTTP/1.1 429") and time.perf_counter() - started < 0.15, reply
+                assert b"estimated from the request's 4000000 bytes" in reply and b"retry-after" in reply.lower()
             bad = server.post("/v1/rerank", {"query": "q", "documents": ["a"]}, headers={"X-Request-Timeout": "soon"})
             assert bad.status_code == 400 and "x-request-timeout" in bad.json()["error"]["message"]
             assert big.result(30).status_code == 200

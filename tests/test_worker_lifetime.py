@@ -125,7 +125,8 @@ def test_server_body_parsing_workers_exit_after_kill_9(tiny_artifact):
                 pass
             assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
-        big = {"query": "q", "documents": ["a document " * 100] * 100}  # > 64 KiB: parsed in a worker
+        # 10,000 commas: past what is parsed on the event loop, so it goes through a worker process
+        big = {"query": "q", "documents": ["a, document " * 100] * 100}
         assert httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json=big, timeout=60).status_code == 200
         workers = [pid for pid in _children(server.pid) if _is_worker(pid)]
         assert workers, "no body-parsing worker process found"

@@ -114,7 +114,8 @@ class FrontDoor:
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise _body_too_large(limit)
-            state.refuse_if_backlogged(timeout)
+            state.refuse_if_backlogged(timeout, deadline,
+                                       int(declared) if declared is not None and declared.isdigit() else None)
             try:
                 body, disconnected = await asyncio.wait_for(self._read_body(receive, limit), config.body_timeout_s)
             except TimeoutError:

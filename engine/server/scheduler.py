@@ -44,13 +44,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backends import Backend
-from ..batching import BatchPolicy
+from ..batching import BatchPolicy, plan_batches
 from ..errors import RerankrtError
 from ..scoring import iter_batch_logits
 
 # Admit a request only if the work ahead plus its own fits this fraction of the time to its deadline:
 # the rate is a moving average and windows are served fairly, not strictly in order, so keep a margin.
 ADMIT_FRACTION = 0.8
+# The checks on estimated tokens (before parsing and before tokenizing) admit up to a smaller share, so
+# a request they let through is rarely refused by the exact check after tokenizing: a 429 decided that
+# late costs the parse and the tokenization on a CPU the backend saturates (measured up to 170 ms).
+ESTIMATE_ADMIT_FRACTION = 0.75
 
 
 class QueueFullError(RerankrtError):
@@ -96,6 +100,7 @@ class Job:
     untaken_tokens: int = 0  # tokens of rows not yet taken into a window
     cancelled: bool = False
     enqueued_at: float = field(default_factory=time.perf_counter)
+    started: bool = False  # a row was taken into a window (its queue wait is reported once)
 
     def cancel(self) -> None:
         """Drop the rows not yet taken; rows already in a running batch finish and are discarded."""
@@ -106,6 +111,28 @@ class Job:
     @property
     def fully_taken(self) -> bool:
         return self.next_row >= len(self.token_ids)
+
+
+@dataclass(eq=False)
+class Reservation:
+    """Room held in the schedule for a request admitted on its *estimated* tokens while it is tokenized.
+
+    Why: tokenizing takes tens of milliseconds (over 100 ms on a saturated CPU); without a
+    reservation, requests admitted meanwhile take the room, and the exact check at :meth:`submit`
+    then refuses the first one, a 429 that cost its parse and its tokenization. Admission sees a
+    reservation as a queued job of that many tokens (the worker does not); :meth:`submit` consumes
+    it, and :meth:`release` (idempotent) frees it when the request fails before that.
+    """
+
+    untaken_tokens: int
+    deadline: float
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # read like a Job's by admission
+    scheduler: BatchScheduler | None = None
+
+    def release(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler._release(self)
 
 
 @dataclass
@@ -149,6 +176,8 @@ class BatchScheduler:
         self._queued_rows = 0
         self._queued_tokens = 0
         self._running_tokens = 0  # tokens of the window being run, not yet scored
+        self._reservations: list[Reservation] = []  # admitted on an estimate, being tokenized
+        self._reserved_tokens = 0
         self._cond = threading.Condition()
         self._stopping = False
         # real (unpadded) tokens per second of the worker: a moving average, seeded by a measurement
@@ -178,11 +207,14 @@ class BatchScheduler:
         return (self._queued_tokens + self._running_tokens) / self.tokens_per_s
 
     # -- producer side -------------------------------------------------------------------------
-    def submit(self, token_ids: list[list[int]], deadline: float = math.inf) -> Job:
+    def submit(self, token_ids: list[list[int]], deadline: float = math.inf,
+               reservation: Reservation | None = None) -> Job:
         """Queue one request's rows; its ``future`` resolves to ``float32 [n, num_labels]`` logits.
 
         ``deadline`` is a ``time.perf_counter()`` value. Raises :class:`QueueFullError` when the
-        work ahead plus this request's own cannot finish by then (or the row cap is reached).
+        work ahead plus this request's own cannot finish by then (or the row cap is reached). With
+        the ``reservation`` :meth:`check_admission` made for it, the request takes that room: it is
+        checked again only where its exact tokens exceed the reserved ones.
         """
         lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
         tokens = int(lengths.sum())
@@ -192,9 +224,12 @@ class BatchScheduler:
             job.future.set_result(job.logits)
             return job
         with self._cond:
+            if reservation is not None:
+                self._release_locked(reservation)
             if self._stopping:
                 raise SchedulerStoppedError("the server is shutting down")
-            self._admit(job, tokens)
+            self._admit_tokens(job.remaining, tokens, job.deadline, exact=True,
+                               reserved=reservation.untaken_tokens if reservation is not None else 0)
             self._jobs.append(job)
             self._queued_rows += len(token_ids)
             self._queued_tokens += tokens
@@ -204,38 +239,53 @@ class BatchScheduler:
             self.stats.on_queue_depth(depth)
         return job
 
-    def check_admission(self, tokens: int, deadline: float) -> None:
+    def check_admission(self, tokens: int, deadline: float, reserve: bool = False) -> Reservation | None:
         """Raise :class:`QueueFullError` now if ``tokens`` (an estimate, before tokenizing) could not be admitted.
 
-        The server calls this right after parsing, with tokens estimated from the texts' UTF-8 length,
-        so a request that will be refused is refused before it is tokenized (milliseconds); the exact
-        check runs again at :meth:`submit`.
+        The server calls this right after parsing, with tokens estimated from the texts' length, so a
+        request that will be refused is refused before it is tokenized (milliseconds); with ``reserve``
+        the room is held (:class:`Reservation`) until :meth:`submit` takes it or it is released.
         """
         with self._cond:
             self._admit_tokens(0, tokens, deadline, exact=False)
+            if not reserve:
+                return None
+            reservation = Reservation(tokens, deadline, scheduler=self)
+            self._reservations.append(reservation)
+            self._reserved_tokens += tokens
+            return reservation
 
-    def _admit(self, job: Job, tokens: int) -> None:
-        self._admit_tokens(job.remaining, tokens, job.deadline, exact=True)
+    def _release(self, reservation: Reservation) -> None:
+        with self._cond:
+            self._release_locked(reservation)
 
-    def _admit_tokens(self, rows: int, tokens: int, deadline: float, exact: bool) -> None:
+    def _release_locked(self, reservation: Reservation) -> None:
+        if reservation.scheduler is self:
+            reservation.scheduler = None
+            self._reservations.remove(reservation)
+            self._reserved_tokens -= reservation.untaken_tokens
+
+    def _admit_tokens(self, rows: int, tokens: int, deadline: float, exact: bool, reserved: int = 0) -> None:
         """Refuse (lock held) unless ``rows`` fit the row cap and the schedule stays feasible with ``tokens``.
 
         Feasible: the new job, placed by its priority (:meth:`_key`), finishes within
-        :data:`ADMIT_FRACTION` of the time to its deadline given the work that runs before it; and every
-        queued job it would overtake still finishes with the new work added before it, keeping the same
-        reserve of its own budget (1 − ADMIT_FRACTION of its deadline) for the rate's noise (measured:
+        :data:`ADMIT_FRACTION` (:data:`ESTIMATE_ADMIT_FRACTION` when ``tokens`` is an estimate) of the
+        time to its deadline given the work that runs before it; and every queued job it would overtake
+        still finishes with the new work added before it, keeping the same reserve of its own budget
+        (1 − that fraction of its deadline) for the rate's noise (measured:
         overtakers allowed up to the full deadline left admitted requests finishing at 9.7–10 s of 10 s,
         and 1–2 of them past it, at 2× and 4× the sustainable rate). Checking only the newcomer let small
         requests overtake admitted ones until those missed their deadlines: 18 × 504 at 4× in one run.
         """
         rate = self.tokens_per_s
+        fraction = ADMIT_FRACTION if exact else ESTIMATE_ADMIT_FRACTION
         if self._queued_rows + rows > self.max_queued_rows:
             ahead = self._queued_tokens + self._running_tokens
             raise QueueFullError(
                 f"the queue of model {self.name!r} is full ({self._queued_rows} pairs waiting, limit "
                 f"{self.max_queued_rows})", max(1, math.ceil((ahead + tokens - self._room_tokens()) / rate)))
-        if deadline == math.inf:
-            return
+        if deadline == math.inf or tokens <= reserved:
+            return  # no deadline, or within the room its reservation was admitted for
         now = time.perf_counter()
         if exact and tokens / rate > deadline - now:
             # alone it would still miss its deadline: refused now (413) instead of computed and dropped (504),
@@ -245,18 +295,19 @@ class BatchScheduler:
                 f"{rate:,.0f} tokens/s), more than its deadline of {max(deadline - now, 0):.1f} s; send fewer "
                 "documents, or a longer deadline (X-Request-Timeout, up to the server's --request-timeout)",
                 tokens / rate)
-        if self._queued_tokens + self._running_tokens == 0:
+        if self._queued_tokens + self._running_tokens + self._reserved_tokens == 0:
             return
         key = (deadline - tokens / rate, tokens / rate)
         ahead = self._running_tokens
-        later: list[Job] = []
-        for job in sorted((j for j in self._jobs if not j.cancelled), key=lambda j: self._key(j, rate)):
+        later: list[Job | Reservation] = []
+        pending: list[Job | Reservation] = [*(j for j in self._jobs if not j.cancelled), *self._reservations]
+        for job in sorted(pending, key=lambda j: self._key(j, rate)):
             if self._key(job, rate) <= key:
                 ahead += job.untaken_tokens
             else:
                 later.append(job)
         needed_s = (ahead + tokens) / rate
-        left_s = ADMIT_FRACTION * (deadline - now)
+        left_s = fraction * (deadline - now)
         if needed_s > left_s:
             # it fits once the work ahead has drained by the excess; at least a second (HTTP's unit)
             retry = max(1, math.ceil(min(needed_s - left_s, ahead / rate)))
@@ -267,7 +318,7 @@ class BatchScheduler:
         finish = ahead + tokens
         for job in later:  # the jobs this one overtakes must still make their deadlines, with their reserve
             finish += job.untaken_tokens
-            reserve = (1 - ADMIT_FRACTION) * (job.deadline - job.enqueued_at)
+            reserve = (1 - fraction) * (job.deadline - job.enqueued_at)
             if finish / rate > job.deadline - now - reserve:
                 raise QueueFullError(
                     f"model {self.name!r} is overloaded: this request would delay requests already admitted "
@@ -309,8 +360,6 @@ class BatchScheduler:
         for job in live:
             if tokens >= self.window_tokens:
                 break
-            if job.next_row == 0 and self.stats.on_queue_wait:
-                self.stats.on_queue_wait(now - job.enqueued_at)
             while not job.fully_taken and (tokens < self.window_tokens or not window):
                 row = int(job.order[job.next_row])
                 length = len(job.token_ids[row])
@@ -320,9 +369,49 @@ class BatchScheduler:
                 tokens += length
                 self._queued_rows -= 1
                 self._queued_tokens -= length
+        if any(not job.fully_taken for job in live):
+            tokens -= self._give_back_partial_batch(window)
+        for job, _ in window:
+            if not job.started:
+                job.started = True
+                if self.stats.on_queue_wait:
+                    self.stats.on_queue_wait(now - job.enqueued_at)
         self._jobs = [job for job in self._jobs if not job.fully_taken]
         self._running_tokens = tokens
         return window
+
+    def _give_back_partial_batch(self, window: list[tuple[Job, int]]) -> int:
+        """Return the rows of the window's last, partly filled batch to their jobs (lock held); their tokens.
+
+        Why: a window cut by its token limit ends in a batch that is not full, and a small batch costs
+        nearly as much per row as a full one does per batch (measured with 4 x budget windows: ~15% of
+        throughput). Those rows are the window's shortest, i.e. the last taken of each job (each job's
+        rows are taken longest first), so giving them back only moves each job's cursor back; they run
+        in the next window, which is already waiting (this is done only when work is left over).
+        """
+        lengths = np.fromiter((len(job.token_ids[row]) for job, row in window), dtype=np.int64, count=len(window))
+        plan = plan_batches(lengths, self.policy)
+        last = plan[-1]
+        if len(plan) < 2 or len(last) >= self.policy.rows_for_length(int(lengths[last[0]])):
+            return 0
+        back: dict[int, int] = {}
+        for i in last:
+            back[id(window[i][0])] = back.get(id(window[i][0]), 0) + 1
+        returned = 0
+        keep: list[tuple[Job, int]] = []
+        for job, row in reversed(window):  # each job's rows were appended in its order: undo from its end
+            if back.get(id(job), 0):
+                back[id(job)] -= 1
+                length = len(job.token_ids[row])
+                job.next_row -= 1
+                job.untaken_tokens += length
+                self._queued_rows += 1
+                self._queued_tokens += length
+                returned += length
+            else:
+                keep.append((job, row))
+        window[:] = keep[::-1]
+        return returned
 
     def min_wait_s(self) -> float:
         """Seconds of work that would run before *any* request submitted now: the running window and the
@@ -335,7 +424,7 @@ class BatchScheduler:
             return (self._running_tokens + urgent) / rate
 
     @staticmethod
-    def _key(job: Job, rate: float) -> tuple[float, float]:
+    def _key(job: Job | Reservation, rate: float) -> tuple[float, float]:
         """Priority of a job (lower first): its deadline minus its remaining work, i.e. least slack first.
 
         Why this order: a 5-document request with a 10 s deadline goes before a 3,000-document request
