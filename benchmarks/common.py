@@ -53,7 +53,9 @@ MAX_LENGTH = 512
 ST_BATCH_SIZES = (16, 32, 64)
 MODEL_NAMES = [*ETTIN_SHAPES, DISTILLED_NAME]  # what prepare_model builds or finds
 # st on 68m scores ~7 pairs/s on a 2-core machine: cap the big models so a run stays within an hour.
-DEFAULT_PAIRS_LIMIT = {"17m": 1000, "32m": 1000, "68m": 300, "150m": 300, DISTILLED_NAME: 1000}
+# The 400m and 1b score ~1 and ~0.3 pairs/s with st: a few queries' worth.
+DEFAULT_PAIRS_LIMIT = {"17m": 1000, "32m": 1000, "68m": 300, "150m": 300, "400m": 60, "1b": 30,
+                       DISTILLED_NAME: 1000}
 PEAK_SHAPE = (2048, 512, 2048)  # M, K, N of the matmul that measures the fp32 peak
 
 PredictFn = Callable[[list[tuple[str, str]], "int | None"], np.ndarray]
@@ -129,6 +131,22 @@ def load_workloads(names: list[str], n_queries: int, n_docs: int, n_abstracts: i
     return [available[name] for name in names]
 
 
+def fixture_dir(name: str, work: Path) -> tuple[Path, bool]:
+    """The source model directory of ``name`` (built once into ``work/fixtures``), and whether it was just built."""
+    if name == DISTILLED_NAME:
+        return DISTILLED_DIR, False
+    source = work / "fixtures" / name
+    if (source / "modules.json").is_file():
+        return source, False
+    say(f"building the random-weight {name} fixture")
+    partial = source.with_name(name + ".partial")  # a crash never leaves a half fixture behind
+    shutil.rmtree(partial, ignore_errors=True)
+    make_ettin_fixture(partial, name, tokenizer_file=TOKENIZER_FILE, max_length=7999)
+    shutil.rmtree(source, ignore_errors=True)
+    partial.rename(source)
+    return source, True
+
+
 def prepare_model(name: str, work: Path, pairs_limit: int | None, precisions: tuple[str, ...] = ("fp32", "int8"),
                   force_export: bool = False) -> Model:
     """Build the fixture (unless it is the distilled model) and export it, reusing cached copies.
@@ -137,19 +155,7 @@ def prepare_model(name: str, work: Path, pairs_limit: int | None, precisions: tu
     """
     from rerankrt.export.pipeline import export
 
-    rebuilt = False
-    if name == DISTILLED_NAME:
-        source = DISTILLED_DIR
-    else:
-        source = work / "fixtures" / name
-        if not (source / "modules.json").is_file():
-            say(f"building the random-weight {name} fixture")
-            partial = source.with_name(name + ".partial")  # a crash never leaves a half fixture behind
-            shutil.rmtree(partial, ignore_errors=True)
-            make_ettin_fixture(partial, name, tokenizer_file=TOKENIZER_FILE, max_length=7999)
-            shutil.rmtree(source, ignore_errors=True)
-            partial.rename(source)
-            rebuilt = True
+    source, rebuilt = fixture_dir(name, work)
     artifact = work / "artifacts" / name
     manifest = artifact / "manifest.json"
     if (rebuilt or force_export or not manifest.is_file()

@@ -11,6 +11,8 @@ Layout::
       tokenizer.json       the source model's fast tokenizer (padding/truncation are set at load)
       model.fp32.onnx      one graph per precision (file names listed in the manifest)
       model.int8.onnx ...
+      model.fp32.onnx.data the weights of a graph past protobuf's 2 GB limit (external data), listed
+                           under the graph's ``data_files`` with size and sha256
 """
 
 from __future__ import annotations
@@ -112,7 +114,21 @@ class Artifact:
         if verify and "sha256" in info and sha256_file(path) != info["sha256"]:
             raise ArtifactError(f"graph file {path} does not match its sha256 in the manifest: corrupted",
                                 str(path))
+        for data in info.get("data_files", []):  # the weights of a graph past 2 GB, beside it
+            self._check_data_file(path, data, verify)
         return GraphEntry(precision, path, info.get("sha256", ""), size, info)
+
+    def _check_data_file(self, graph: Path, data: dict, verify: bool) -> None:
+        path = self.directory / data["file"]
+        if not path.is_file():
+            raise ArtifactError(f"external data file missing: {path} (the weights of {graph.name})", str(path))
+        size = path.stat().st_size
+        if size != data.get("size_bytes", size):
+            raise ArtifactError(f"external data file {path} has {size} bytes, manifest says {data['size_bytes']}: "
+                                "the file is truncated or was replaced", str(path))
+        if verify and "sha256" in data and sha256_file(path) != data["sha256"]:
+            raise ArtifactError(f"external data file {path} does not match its sha256 in the manifest: corrupted",
+                                str(path))
 
 
 def _check_types(section: dict, spec: dict, where: str, path: Path) -> None:
@@ -143,6 +159,11 @@ def validate_manifest(manifest: Any, path: Path) -> dict:
             raise ArtifactError(f"{path} lists unknown precision {precision!r}", str(path))
         if not isinstance(info, dict) or not isinstance(info.get("file"), str):
             raise ArtifactError(f"{path} graph entry {precision!r} lacks a file name", str(path))
+        data = info.get("data_files", [])
+        if not isinstance(data, list) or not all(isinstance(d, dict) and isinstance(d.get("file"), str)
+                                                 and "/" not in d["file"] and "\\" not in d["file"] for d in data):
+            raise ArtifactError(f"{path} graph entry {precision!r} has malformed data_files (a list of "
+                                "{file, size_bytes, sha256} in the artifact directory)", str(path))
     if manifest["activation"] not in ("identity", "sigmoid"):
         raise ArtifactError(f"{path} has unknown activation {manifest['activation']!r}", str(path))
     return manifest

@@ -40,7 +40,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     export(args.model, args.output, precisions=[p.strip() for p in args.precision.split(",") if p.strip()],
            revision=args.revision, max_length=args.max_length, calibration_file=args.calibration,
            tolerances=tolerances, allow_parity_failure=args.allow_parity_failure, overwrite=args.overwrite,
-           threads=args.threads, int8_method=args.int8_method)
+           threads=args.threads, int8_method=args.int8_method, gate_pairs=args.gate_pairs,
+           check_memory=not args.no_memory_check)
     return 0
 
 
@@ -112,6 +113,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         fid = (f"max|Δ|={r['max_abs_delta']:.3g} spearman={r['spearman']:.6f} top10={r['top10_agreement']:.3f} "
                f"{'ok' if r['passed'] else 'FAILED'}") if r else "no parity report"
         print(f"graph        {precision:<5} {info['file']:<18} {info.get('size_bytes', 0) / 1e6:8.1f} MB  {fid}")
+        for data in info.get("data_files", []):  # weights of a graph past 2 GB
+            print(f"               + {data['file']:<22} {data.get('size_bytes', 0) / 1e6:8.1f} MB  (external data)")
         for name, sub in (r or {}).get("by_backend", {}).items():
             print(f"               {name:<14} spearman={sub['spearman']:.6f} top10={sub['top10_agreement']:.3f} "
                   f"{'ok' if sub['passed'] else 'failed'}")
@@ -275,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision")
     p.add_argument("--max-length", type=int)
     p.add_argument("--calibration", help="JSONL (query, document) or TSV pairs for the parity gate")
+    p.add_argument("--gate-pairs", type=_positive_int,
+                   help="at most this many built-in pairs for the parity gate (default: adapted to the model's "
+                        "size, 128 up to the 150m, 10 for the 1b)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="start even when the estimated peak memory exceeds what is available")
     p.add_argument("--tolerance", action="append",
                    help="override a parity tolerance, e.g. int8:min_spearman=0.99,min_top10=0.9")
     p.add_argument("--allow-parity-failure", action="store_true", help="keep precisions that miss their tolerance")

@@ -50,3 +50,11 @@ class ParityError(RerankrtError):
 
 class ModelDownloadError(RerankrtError):
     """A hub id could not be resolved to local files (offline, not found, no access)."""
+
+
+class InsufficientMemoryError(RerankrtError, MemoryError):
+    """An export or a load would not fit in this machine's available memory (said before it starts)."""
+
+    def __init__(self, message: str, needed_bytes: int, available_bytes: int) -> None:
+        super().__init__(message)
+        self.needed_bytes, self.available_bytes = needed_bytes, available_bytes

@@ -31,6 +31,7 @@ from rerankrt.engine.artifact import (
 from rerankrt.engine.errors import ArtifactError
 from rerankrt.engine.hardware import cpu_info
 
+from .external_data import data_files
 from .source import SourceModel
 
 
@@ -69,6 +70,10 @@ def write_artifact(staging: Path, output_dir: Path, src: SourceModel, tok_spec: 
         path = staging / info["file"]  # bf16 shares the fp32 file
         info.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size,
                      "inputs": ["input_ids", "attention_mask"], "output": "logits"})
+        data = data_files(path)  # weights past protobuf's 2 GB: checked like the graph file itself
+        if data:
+            info["data_files"] = [{"file": d.name, "size_bytes": d.stat().st_size, "sha256": sha256_file(d)}
+                                  for d in data]
     manifest = _manifest(src, tok_spec, graphs, reports, calibration_info, allowed_failures, seconds)
     validate_manifest(manifest, staging / MANIFEST_NAME)
     (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

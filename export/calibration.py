@@ -17,10 +17,11 @@ import numpy as np
 
 from rerankrt.engine import scoring
 from rerankrt.engine.batching import Batch, BatchPolicy
-from rerankrt.engine.builtin_pairs import builtin_pairs, group_ids
+from rerankrt.engine.builtin_pairs import DOC_SENTENCES, builtin_pairs, group_ids
 from rerankrt.engine.tokenize import PairTokenizer
 
-__all__ = ["TOKEN_BUDGET", "CalibrationSet", "builtin_pairs", "calibration_batches", "group_ids",
+__all__ = ["GATE_LADDER", "TOKEN_BUDGET", "CalibrationSet", "GateSize", "builtin_pairs", "calibration_batches",
+           "gate_size", "group_ids",
            "load_calibration", "load_pairs_file", "padded_batches", "quantization_batches"]
 
 # A small budget → several batches of mixed lengths, each padded to its own longest row.
@@ -42,9 +43,59 @@ class CalibrationSet:
         return {"source": self.source, "pairs": len(self.pairs), "groups": len(set(self.groups))}
 
 
-def load_calibration(tokenizer: PairTokenizer, calibration_file: str | Path | None = None) -> CalibrationSet:
-    """The user's pairs when a file is given, else the built-in ones, tokenized for the artifact."""
-    pairs = load_pairs_file(Path(calibration_file)) if calibration_file else builtin_pairs()
+# The built-in sets the gate may score, largest first: (queries, document lengths in sentences). Every
+# one keeps documents past the 128-token sliding window, and ≥ 10 documents per query (top-10 agreement).
+SHORT_DOC_SENTENCES = (0, 1, 2, 3, 5, 8, 12, 16, 25, 35)  # up to ~650 tokens: past the window and 512
+GATE_LADDER: tuple[tuple[int, tuple[int, ...]], ...] = (
+    (8, DOC_SENTENCES), (4, DOC_SENTENCES), (2, DOC_SENTENCES), (2, SHORT_DOC_SENTENCES), (1, SHORT_DOC_SENTENCES))
+# The compute one scoring pass of the gate may take (PyTorch, then each precision: 3-4 passes, plus the
+# int8 calibration): 2 x non-embedding parameters x tokens. 6 TFLOP keeps the default 128 pairs for the
+# 17m-150m and is ~1 min per pass for the 1b on 2 cores (see README, "Every Ettin size").
+GATE_FLOPS_PER_PASS = 6e12
+
+
+@dataclass(frozen=True)
+class GateSize:
+    """How many built-in pairs the gate scores for a model of this size, and what a pass costs."""
+
+    queries: int
+    doc_sentences: tuple[int, ...]
+    tokens: int
+    flops_per_pass: float
+
+    @property
+    def pairs(self) -> int:
+        return self.queries * len(self.doc_sentences)
+
+
+def gate_size(tokenizer: PairTokenizer, flops_per_token: float, max_pairs: int | None = None,
+              seed: int = 0) -> GateSize:
+    """The largest built-in set (:data:`GATE_LADDER`) whose pass fits :data:`GATE_FLOPS_PER_PASS`.
+
+    ``flops_per_token`` is 2 x the model's non-embedding parameters. ``max_pairs`` (the CLI's
+    ``--gate-pairs``) caps it instead. Why adapt at all: the default 128 pairs (~40k tokens) took
+    the 17m seconds but would take the 1b over 10 minutes per pass on 2 cores.
+    """
+    chosen = None
+    for queries, sentences in GATE_LADDER:
+        tokens = sum(len(t) for t in tokenizer.encode(builtin_pairs(seed, sentences, queries)))
+        chosen = GateSize(queries, sentences, tokens, tokens * flops_per_token)
+        fits = chosen.pairs <= max_pairs if max_pairs is not None else chosen.flops_per_pass <= GATE_FLOPS_PER_PASS
+        if fits:
+            break
+    assert chosen is not None
+    return chosen
+
+
+def load_calibration(tokenizer: PairTokenizer, calibration_file: str | Path | None = None,
+                     size: GateSize | None = None) -> CalibrationSet:
+    """The user's pairs when a file is given, else the built-in ones (``size``: how many), tokenized."""
+    if calibration_file:
+        pairs = load_pairs_file(Path(calibration_file))
+    elif size is not None:
+        pairs = builtin_pairs(doc_sentences=size.doc_sentences, n_queries=size.queries)
+    else:
+        pairs = builtin_pairs()
     return CalibrationSet(pairs, group_ids(pairs), tokenizer.encode(pairs),
                           str(calibration_file) if calibration_file else "builtin")
 
@@ -58,10 +109,13 @@ def calibration_batches(tokenizer: PairTokenizer, pairs: list[tuple[str, str]]) 
     return padded_batches(tokenizer.encode(pairs), tokenizer.pad_id)
 
 
-def quantization_batches(tokenizer: PairTokenizer) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(ids, mask)`` batches that int8 static quantization takes its activation ranges from."""
-    return [(b.input_ids, b.attention_mask)
-            for b in calibration_batches(tokenizer, builtin_pairs(seed=QUANTIZATION_SEED))]
+def quantization_batches(tokenizer: PairTokenizer, size: GateSize | None = None
+                         ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(ids, mask)`` batches that int8 static quantization takes its activation ranges from
+    (as many pairs as the gate scores, other documents)."""
+    pairs = (builtin_pairs(QUANTIZATION_SEED) if size is None else
+             builtin_pairs(QUANTIZATION_SEED, size.doc_sentences, size.queries))
+    return [(b.input_ids, b.attention_mask) for b in calibration_batches(tokenizer, pairs)]
 
 
 def load_pairs_file(path: Path) -> list[tuple[str, str]]:

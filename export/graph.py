@@ -27,6 +27,7 @@ import onnx
 
 from rerankrt.engine.errors import UnsupportedModelError
 
+from .external_data import EXTERNAL_DATA_FROM_BYTES, ExternalDataWriter, save_model
 from .onnx_builder import FLOAT, INT64, GraphBuilder
 from .source import SourceModel
 
@@ -77,14 +78,15 @@ class ModernBertSpec:
 class _ModernBertGraph:
     """Emits the graph; one method per block, in the order the data flows."""
 
-    def __init__(self, src: SourceModel, cls_only_last_layer: bool, rope_form: str = "rotate_half") -> None:
+    def __init__(self, src: SourceModel, cls_only_last_layer: bool, rope_form: str = "rotate_half",
+                 external: ExternalDataWriter | None = None) -> None:
         if rope_form not in ROPE_FORMS:
             raise ValueError(f"rope_form must be one of {ROPE_FORMS}, got {rope_form!r}")
         self.rope_form = rope_form
         self.src = src
         self.spec = ModernBertSpec(src.config)
         self.w = src.load_backbone_weights()
-        self.g = GraphBuilder("rerankrt_modernbert")
+        self.g = GraphBuilder("rerankrt_modernbert", external)
         self.cls_only = cls_only_last_layer and src.pooling == "cls"
 
     # -- small helpers -------------------------------------------------------------------
@@ -304,11 +306,16 @@ class _ModernBertGraph:
 
 
 def build_modernbert_graph(src: SourceModel, cls_only_last_layer: bool = True,
-                           rope_form: str = "rotate_half") -> onnx.ModelProto:
-    """The native fast graph for ModernBERT backbones (Ettin modular and classic ModernBERT)."""
+                           rope_form: str = "rotate_half", external: ExternalDataWriter | None = None
+                           ) -> onnx.ModelProto:
+    """The native fast graph for ModernBERT backbones (Ettin modular and classic ModernBERT).
+
+    With ``external`` the weights are appended to its data file as they are made (the returned
+    proto only points into it), so a graph of any size is built holding one tensor at a time.
+    """
     if src.model_type != "modernbert":
         raise UnsupportedModelError(f"native graph builder handles modernbert, not {src.model_type!r}")
-    return _ModernBertGraph(src, cls_only_last_layer, rope_form).build()
+    return _ModernBertGraph(src, cls_only_last_layer, rope_form, external).build()
 
 
 def export_with_torch(src: SourceModel, path: Path, opset: int = 17) -> None:
@@ -329,21 +336,23 @@ def export_with_torch(src: SourceModel, path: Path, opset: int = 17) -> None:
                                         "logits": {0: "batch"}})
 
 
-def build_graph(src: SourceModel, path: Path) -> str:
-    """Write the fp32 graph for ``src`` to ``path``; returns the graph form used."""
+def build_graph(src: SourceModel, path: Path, external: bool | None = None) -> str:
+    """Write the fp32 graph for ``src`` to ``path``; returns the graph form used.
+
+    The weights go to ``<path>.data`` when their fp32 size passes
+    :data:`~.external_data.EXTERNAL_DATA_FROM_BYTES` (decided from the weights file's header,
+    before anything is built), or when ``external`` says so.
+    """
     if src.model_type == "modernbert":
-        model = build_modernbert_graph(src)
+        if external is None:
+            external = src.weight_bytes_fp32() > EXTERNAL_DATA_FROM_BYTES
+        writer = ExternalDataWriter(path) if external else None
+        try:
+            model = build_modernbert_graph(src, external=writer)
+        finally:
+            if writer is not None:
+                writer.close()
         save_model(model, path)
         return "native-modernbert"
     export_with_torch(src, path)
     return "torch-onnx"
-
-
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Save as one self-contained file (external data only past protobuf's 2 GB limit)."""
-    path = Path(path)
-    if model.ByteSize() < 2_000_000_000:
-        onnx.save_model(model, str(path))
-    else:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data")

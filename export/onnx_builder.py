@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .external_data import MIN_EXTERNAL_TENSOR_BYTES, ExternalDataWriter
+
 OPSET = 17  # LayerNormalization is in the default domain from 17; widely read by ORT, OpenVINO, TensorRT.
 MS_DOMAIN = "com.microsoft"
 
@@ -22,8 +24,9 @@ MS_DOMAIN = "com.microsoft"
 class GraphBuilder:
     """Accumulates nodes and initializers; ``op`` returns the output name so calls compose."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, external: ExternalDataWriter | None = None) -> None:
         self.name = name
+        self.external = external  # big weights go straight to this data file (graphs past 2 GB)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -61,7 +64,11 @@ class GraphBuilder:
 
     def weight(self, name: str, array: np.ndarray) -> str:
         """Register a named initializer (weights keep recognisable names for quantization exclusions)."""
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name=name))
+        array = np.ascontiguousarray(array)
+        if self.external is not None and array.nbytes >= MIN_EXTERNAL_TENSOR_BYTES:
+            self.initializers.append(self.external.tensor(name, array))
+        else:
+            self.initializers.append(numpy_helper.from_array(array, name=name))
         return name
 
     def const(self, value, dtype=np.int64) -> str:

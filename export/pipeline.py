@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rerankrt.engine import memory
 from rerankrt.engine.artifact import PRECISIONS, graph_file_name
 from rerankrt.engine.hardware import cpu_info
 from rerankrt.engine.selection import installed
@@ -30,6 +31,13 @@ INT8_METHODS = ("static", "dynamic")
 
 logger = logging.getLogger("rerankrt.export")
 
+# Peak resident memory of an export per byte of fp32 weights, and a fixed part (torch, onnxruntime and
+# the tokenizer loaded): measured on the 1b shape (see README, "Every Ettin size").
+EXPORT_BYTES_PER_WEIGHT_BYTE = 2.5
+EXPORT_OVERHEAD_BYTES = 1 << 30
+# What a gate pass sustains on this kind of machine (2 cores, fp32), for the time printed up front only.
+GATE_FLOPS_PER_S = 100e9
+
 _calibration_batches = calibration.calibration_batches  # benchmarks import it from here
 
 
@@ -38,12 +46,16 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
            calibration_file: str | Path | None = None,
            tolerances: dict[str, parity.Tolerance] | None = None, allow_parity_failure: bool = False,
            overwrite: bool = False, threads: int | None = None, int8_method: str = "static",
+           gate_pairs: int | None = None, check_memory: bool = True,
            log: Callable[[str], None] | None = print) -> Path:
     """Export ``model`` (hub id or directory) to a verified artifact in ``output_dir``.
 
     Raises :class:`ParityError` (and writes nothing) when a precision misses its tolerance,
     unless ``allow_parity_failure`` is set; the report is then kept in the manifest.
     Progress goes to the ``rerankrt.export`` logger and, unless ``log`` is None, to ``log``.
+    ``gate_pairs`` caps the built-in pairs the gate scores (by default they adapt to the model's size:
+    :func:`calibration.gate_size`). ``check_memory`` refuses, before anything starts, an export the
+    machine's available memory cannot hold (:data:`EXPORT_BYTES_PER_WEIGHT_BYTE`).
     """
     precisions = _check_request(precisions, int8_method)
     output_dir = Path(output_dir)
@@ -52,23 +64,35 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
 
     say(f"[1/5] reading {model}")
     src = _limit_length(read_source(model, revision), max_length, model)
+    weight_bytes = src.weight_bytes_fp32()
+    if check_memory:
+        memory.require(EXPORT_OVERHEAD_BYTES + int(EXPORT_BYTES_PER_WEIGHT_BYTE * weight_bytes),
+                       f"exporting {model} ({weight_bytes / 4 / 1e6:,.0f} M parameters)",
+                       "export on a machine with more memory (the artifact then runs on smaller ones), or pass "
+                       "check_memory=False / --no-memory-check to try anyway")
     tok_spec = artifact_writer.tokenizer_spec(src)
     tokenizer = PairTokenizer(src.directory / "tokenizer.json", src.max_length, tok_spec["pad_id"],
                               tok_spec["cls_id"], tok_spec["sep_id"], tok_spec["vocab_size"] or None)
+    size = calibration.gate_size(tokenizer, _flops_per_token(src, weight_bytes), gate_pairs)
     with artifact_writer.staging_dir(output_dir) as staging:
         say(f"[2/5] building the fp32 graph ({src.model_type}, {src.layout} layout, pooling={src.pooling})")
         fp32_path = staging / graph_file_name("fp32")
         graph_form = build_graph(src, fp32_path)
         graphs = {"fp32": {"file": fp32_path.name, "graph_form": graph_form}}
-        context = PassContext(_encoder_layers(src), calibration.quantization_batches(tokenizer))
+        context = PassContext(_encoder_layers(src), calibration.quantization_batches(tokenizer, size))
         for precision in precisions[1:]:
             say(f"[3/5] writing the {precision} graph")
             graphs[precision] = {"graph_form": graph_form,
                                  **write_precision(precision, fp32_path, context, int8_method)}
 
-        calib = calibration.load_calibration(tokenizer, calibration_file)
-        say(f"[4/5] parity: scoring {len(calib.pairs)} calibration pairs with the PyTorch reference and "
-            f"{', '.join(precisions)}")
+        calib = calibration.load_calibration(tokenizer, calibration_file, size)
+        tokens = sum(len(t) for t in calib.token_ids)
+        per_pass = tokens * _flops_per_token(src, weight_bytes) / GATE_FLOPS_PER_S
+        say(f"[4/5] parity: scoring {len(calib.pairs)} calibration pairs ({tokens:,} tokens) with the PyTorch "
+            f"reference and {', '.join(precisions)}: about {per_pass * (1 + len(precisions)):,.0f} s on 2 cores"
+            + ("" if calibration_file or gate_pairs else f" (pairs chosen for {weight_bytes / 4e6:,.0f} M "
+               "parameters; --gate-pairs sets them)"))
+        gate_started = time.perf_counter()
         from .reference import DESCRIPTION, score_reference  # torch: imported only once a model is exported
 
         reference = score_reference(src, calib.token_ids, tokenizer.pad_id)[:, 0]
@@ -77,6 +101,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
                                              reference, calib.groups, tolerances[p], src.num_labels, threads)
                    for p in precisions}
         say(parity.format_report(reports))
+        say(f"      the gate took {time.perf_counter() - gate_started:,.0f} s")
         parity.enforce(reports, allow_parity_failure)
 
         say("[5/5] writing the artifact")
@@ -121,6 +146,12 @@ def _limit_length(src: SourceModel, max_length: int | None, model: str) -> Sourc
             raise ValueError(f"max_length must be in 1..{src.max_length} for {model}, got {max_length}")
         src.max_length = max_length
     return src
+
+
+def _flops_per_token(src: SourceModel, weight_bytes: int) -> float:
+    """2 × the parameters a token passes through (all but the embedding table, which is a lookup)."""
+    embedding = int(src.config.get("vocab_size", 0)) * int(src.config.get("hidden_size", 0))
+    return 2.0 * max(weight_bytes // 4 - embedding, 1)
 
 
 def _encoder_layers(src: SourceModel) -> int:

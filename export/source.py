@@ -9,6 +9,7 @@ keeps sentence-transformers a test-only dependency.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,14 +65,77 @@ class SourceModel:
     def model_type(self) -> str:
         return str(self.config.get("model_type", ""))
 
-    def load_backbone_weights(self) -> dict[str, np.ndarray]:
-        """Backbone tensors as fp32 numpy arrays, with the classic ``model.`` prefix stripped."""
-        tensors = _load_tensors(self.backbone_weights_file)
-        out = {}
-        for name, arr in tensors.items():
-            if name.startswith(self.weight_prefix):
-                out[name[len(self.weight_prefix):]] = arr.astype(np.float32)
-        return out
+    def load_backbone_weights(self) -> Mapping[str, np.ndarray]:
+        """Backbone tensors as fp32 numpy arrays, with the classic ``model.`` prefix stripped.
+
+        Read lazily, one tensor per lookup: the graph builder turns each into an initializer (or
+        appends it to the external-data file) and drops it, so building the 1b's graph holds one
+        tensor at a time instead of the whole 4 GB model (twice, with the fp32 copies).
+        """
+        return _PrefixedTensors(_open_tensors(self.backbone_weights_file), self.weight_prefix)
+
+    def weight_bytes_fp32(self) -> int:
+        """Bytes of every tensor in the weights file as fp32, read from the file's header (no tensor loaded)."""
+        return 4 * _numel(self.backbone_weights_file)
+
+
+class _PrefixedTensors(Mapping[str, np.ndarray]):
+    """The tensors under ``prefix``, by their name without it, loaded as fp32 on each lookup."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], prefix: str) -> None:
+        self._tensors, self._prefix = tensors, prefix
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.asarray(self._tensors[self._prefix + name], dtype=np.float32)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k[len(self._prefix):] for k in self._tensors if k.startswith(self._prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _SafetensorsFile(Mapping[str, np.ndarray]):
+    """A safetensors file read one tensor at a time (bf16 through torch, which numpy cannot hold)."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        self._path = path
+        with safe_open(str(path), framework="numpy") as fh:
+            self._names = list(fh.keys())
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        if name not in self._names:
+            raise KeyError(name)
+        try:
+            with safe_open(str(self._path), framework="numpy") as fh:
+                return fh.get_tensor(name)
+        except TypeError:  # bf16 is not numpy-representable
+            with safe_open(str(self._path), framework="pt") as fh:
+                return fh.get_tensor(name).float().numpy()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _open_tensors(path: Path) -> Mapping[str, np.ndarray]:
+    return _SafetensorsFile(path) if path.suffix == ".safetensors" else _load_tensors(path)
+
+
+def _numel(path: Path) -> int:
+    """Elements of all tensors in a weights file (the safetensors header only; a .bin is loaded)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as fh:
+            return sum(int(np.prod(fh.get_slice(k).get_shape(), dtype=np.int64)) for k in fh.keys())  # noqa: SIM118 - safe_open is not iterable
+    return sum(int(a.size) for a in _load_tensors(path).values())
 
 
 def _load_tensors(path: Path) -> dict[str, np.ndarray]:
@@ -179,7 +243,7 @@ def _read_modular_head(directory: Path, modules: list[dict]) -> tuple[str, list[
 
 def _read_classic_head(tensors_file: Path, config: dict) -> tuple[str, list[HeadLayer], str]:
     """``ModernBertForSequenceClassification``: head.dense → act → head.norm → classifier."""
-    tensors = _load_tensors(tensors_file)
+    tensors = _open_tensors(tensors_file)  # the head's few tensors only, not the backbone's
     act = HF_ACTIVATIONS.get(str(config.get("classifier_activation", "gelu")))
     if act is None:
         raise UnsupportedModelError(f"unsupported classifier_activation {config.get('classifier_activation')!r}")

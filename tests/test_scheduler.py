@@ -235,29 +235,3 @@ def test_a_reservation_holds_room_while_its_request_is_tokenized():
         sched.check_admission(1000, time.perf_counter() + 2.0)  # the released room is free again
     finally:
         sched.stop()
-
-
-class BatchSizeBackend(RecordingBackend):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sizes: list[int] = []
-
-    def run(self, input_ids, attention_mask):
-        self.sizes.append(len(input_ids))
-        return super().run(input_ids, attention_mask)
-
-
-def test_windows_cut_by_their_token_limit_run_only_full_batches():
-    backend = BatchSizeBackend()
-    # rows of 8 tokens: 4 per batch (max_batch_size); a 40-token window would take 5 rows, i.e. a batch of 4
-    # and one of a single row, unless the partial batch goes back to the queue for the next window
-    sched = _scheduler(backend, window_tokens=40, max_wait_s=0.05)
-    try:
-        requests = [[[i * 10 + r + 1] * 8 for r in range(7)] for i in range(3)]  # 21 rows
-        jobs = [sched.submit(rows) for rows in requests]
-        for job, rows in zip(jobs, requests):
-            np.testing.assert_array_equal(job.future.result(5)[:, 0], [sum(r) for r in rows])
-        assert sum(backend.sizes) == 21
-        assert backend.sizes[:-1] == [4] * (len(backend.sizes) - 1), backend.sizes  # only the very last is partial
-    finally:
-        sched.stop()

@@ -88,6 +88,7 @@ def create_backend(source: Artifact | Path, precision: str = "auto", backend: st
                                        threads=threads, **(options or {}))
         return Created(built, batch_policy(built, token_budget, max_batch_size))
 
+    from .. import memory
     from ..int8_check import check_int8
     from ..selection import choose_backend, choose_inference_precision, choose_precision
 
@@ -100,6 +101,8 @@ def create_backend(source: Artifact | Path, precision: str = "auto", backend: st
         if between is not None:
             opts.setdefault("inference_precision", between)
         graph = artifact.graph(precision_, verify=verify)
+        if device == "cpu":  # refused with a clear error, not killed by the kernel halfway through loading
+            memory.check_load(graph.path, [artifact.directory / d["file"] for d in graph.info.get("data_files", [])])
         built = backend_class(name)(graph.path, precision=precision_, device=device, providers=providers,
                                     threads=threads, **opts)
         return Created(built, batch_policy(built, token_budget, max_batch_size))

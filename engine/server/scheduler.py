@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backends import Backend
-from ..batching import BatchPolicy, plan_batches
+from ..batching import BatchPolicy
 from ..errors import RerankrtError
 from ..scoring import iter_batch_logits
 
@@ -369,8 +369,6 @@ class BatchScheduler:
                 tokens += length
                 self._queued_rows -= 1
                 self._queued_tokens -= length
-        if any(not job.fully_taken for job in live):
-            tokens -= self._give_back_partial_batch(window)
         for job, _ in window:
             if not job.started:
                 job.started = True
@@ -379,39 +377,6 @@ class BatchScheduler:
         self._jobs = [job for job in self._jobs if not job.fully_taken]
         self._running_tokens = tokens
         return window
-
-    def _give_back_partial_batch(self, window: list[tuple[Job, int]]) -> int:
-        """Return the rows of the window's last, partly filled batch to their jobs (lock held); their tokens.
-
-        Why: a window cut by its token limit ends in a batch that is not full, and a small batch costs
-        nearly as much per row as a full one does per batch (measured with 4 x budget windows: ~15% of
-        throughput). Those rows are the window's shortest, i.e. the last taken of each job (each job's
-        rows are taken longest first), so giving them back only moves each job's cursor back; they run
-        in the next window, which is already waiting (this is done only when work is left over).
-        """
-        lengths = np.fromiter((len(job.token_ids[row]) for job, row in window), dtype=np.int64, count=len(window))
-        plan = plan_batches(lengths, self.policy)
-        last = plan[-1]
-        if len(plan) < 2 or len(last) >= self.policy.rows_for_length(int(lengths[last[0]])):
-            return 0
-        back: dict[int, int] = {}
-        for i in last:
-            back[id(window[i][0])] = back.get(id(window[i][0]), 0) + 1
-        returned = 0
-        keep: list[tuple[Job, int]] = []
-        for job, row in reversed(window):  # each job's rows were appended in its order: undo from its end
-            if back.get(id(job), 0):
-                back[id(job)] -= 1
-                length = len(job.token_ids[row])
-                job.next_row -= 1
-                job.untaken_tokens += length
-                self._queued_rows += 1
-                self._queued_tokens += length
-                returned += length
-            else:
-                keep.append((job, row))
-        window[:] = keep[::-1]
-        return returned
 
     def min_wait_s(self) -> float:
         """Seconds of work that would run before *any* request submitted now: the running window and the

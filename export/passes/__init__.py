@@ -16,7 +16,7 @@ import onnx
 
 from rerankrt.engine.artifact import graph_file_name
 
-from ..graph import save_model
+from ..external_data import save_model
 from . import embedding_int8, fp16, int8_dynamic, int8_static
 from .base import Pass, PassContext
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnx
 
+from ..external_data import is_external
 from .base import Graph, PassContext, model_file
 from .matmuls import KEEP_FP32_LAYERS, fp32_layers, select_nodes
 
@@ -23,9 +24,11 @@ def quantize_int8_dynamic(fp32_path: Path, out_path: Path, num_layers: int,
                           keep_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS, per_channel: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = onnx.load(str(fp32_path))
+    model = onnx.load(str(fp32_path), load_external_data=False)  # the node list only: no weights needed
     nodes = select_nodes(model, num_layers, keep_fp32_layers)
+    del model
     quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=per_channel,
+                     use_external_data_format=is_external(fp32_path),
                      nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
                      extra_options={"MatMulConstBOnly": True})
     return {"method": "onnxruntime.quantize_dynamic", "weight_type": "int8", "per_channel": per_channel,

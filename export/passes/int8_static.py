@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnx
 
+from ..external_data import is_external
 from .base import Graph, PassContext, model_file
 from .matmuls import KEEP_FP32_LAYERS, fp32_layers, select_nodes
 
@@ -45,9 +46,15 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = onnx.load(str(fp32_path))
+    model = onnx.load(str(fp32_path), load_external_data=False)  # the node list only: no weights needed
     nodes = select_nodes(model, num_layers, keep_fp32_layers)
+    del model
+    # A graph past 2 GB (weights in external data) is read, augmented for calibration and written that way
+    # too. (MinMax calibration keeps only ReduceMin/ReduceMax outputs per batch, not the activations; its
+    # CalibMaxIntermediateOutputs option drops the collected data in onnxruntime 1.32, so it is not used.)
+    large = is_external(fp32_path)
     quantize_static(str(fp32_path), str(out_path), _BatchReader(batches), quant_format=QuantFormat.QDQ,
+                    use_external_data_format=large,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                     reduce_range=reduce_range, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
                     calibrate_method=CalibrationMethod.MinMax,
