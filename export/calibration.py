@@ -109,13 +109,26 @@ def calibration_batches(tokenizer: PairTokenizer, pairs: list[tuple[str, str]]) 
     return padded_batches(tokenizer.encode(pairs), tokenizer.pad_id)
 
 
+# Calibration batches are small: onnxruntime's MinMax calibrator appends a ReduceMin/ReduceMax pair for
+# every MatMul input and output at the end of the graph, so every layer's tensors, the attention scores
+# (rows x heads x length²) included, stay alive until the end of each run. With the gate's batches
+# (4,096 tokens, up to ~1,800 per row) that was 10 GB for the 68m and 17 GB for the 150m
+# (benchmarks/work/runs/sizes-20261203-131503); one row of at most this many tokens per batch bounds it.
+QUANTIZATION_MAX_TOKENS = 512
+QUANTIZATION_POLICY = BatchPolicy(token_budget=QUANTIZATION_MAX_TOKENS, max_batch_size=8,
+                                  attention_budget=QUANTIZATION_MAX_TOKENS ** 2)
+
+
 def quantization_batches(tokenizer: PairTokenizer, size: GateSize | None = None
                          ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(ids, mask)`` batches that int8 static quantization takes its activation ranges from
-    (as many pairs as the gate scores, other documents)."""
+    (as many pairs as the gate scores, other documents, cut at :data:`QUANTIZATION_MAX_TOKENS`)."""
     pairs = (builtin_pairs(QUANTIZATION_SEED) if size is None else
              builtin_pairs(QUANTIZATION_SEED, size.doc_sentences, size.queries))
-    return [(b.input_ids, b.attention_mask) for b in calibration_batches(tokenizer, pairs)]
+    ids = [t[:QUANTIZATION_MAX_TOKENS - 1] + t[-1:] if len(t) > QUANTIZATION_MAX_TOKENS else t
+           for t in tokenizer.encode(pairs)]  # cut keeping the final [SEP]
+    return [(b.input_ids, b.attention_mask)
+            for b in scoring.padded_batches(ids, QUANTIZATION_POLICY, tokenizer.pad_id)]
 
 
 def load_pairs_file(path: Path) -> list[tuple[str, str]]:

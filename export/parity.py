@@ -54,6 +54,20 @@ def score_graph(graph_path: Path, precision: str, backend: str, token_ids: list[
     return score_ids(created.backend, token_ids, policy, pad_id, num_labels), created.backend.inference_precision
 
 
+def planned_runs(precision: str) -> list[tuple[str, str, dict]]:
+    """``(label, backend, options)`` of every scoring run the gate makes for ``precision`` on this machine."""
+    backends = [b for b in CPU_BACKENDS[precision] if installed(b)]
+    if not backends:
+        raise ValueError(f"cannot verify {precision}: it needs {' or '.join(CPU_BACKENDS[precision])} installed "
+                         f"(pip install 'rerankrt[openvino]')")
+    runs: list[tuple[str, str, dict]] = [(name, name, {}) for name in backends]
+    if precision == "int8" and "openvino" in backends and cpu_info().has_bf16:
+        # int8 with bf16 between its matmuls: faster on BF16 CPUs, used there only if it passes
+        # here; failing it keeps int8 (f32 elsewhere), so it does not fail the export
+        runs.append((OPENVINO_INT8_BF16, "openvino", {"inference_precision": "bf16"}))
+    return runs
+
+
 def check_precision(precision: str, graph_path: Path, token_ids: list[list[int]], pad_id: int,
                     reference: np.ndarray, groups: list[int], tolerance: Tolerance, num_labels: int = 1,
                     threads: int | None = None) -> dict:
@@ -61,24 +75,15 @@ def check_precision(precision: str, graph_path: Path, token_ids: list[list[int]]
 
     ``reference`` holds the PyTorch scores (first label) in input order.
     """
-    backends = [b for b in CPU_BACKENDS[precision] if installed(b)]
-    if not backends:
-        raise ValueError(f"cannot verify {precision}: it needs {' or '.join(CPU_BACKENDS[precision])} installed "
-                         f"(pip install 'rerankrt[openvino]')")
-    runs = [(name, name, {}) for name in backends]
-    optional = set()
-    if precision == "int8" and "openvino" in backends and cpu_info().has_bf16:
-        # int8 with bf16 between its matmuls: faster on BF16 CPUs, used there only if it passes
-        # here; failing it keeps int8 (f32 elsewhere), so it does not fail the export
-        runs.append((OPENVINO_INT8_BF16, "openvino", {"inference_precision": "bf16"}))
-        optional.add(OPENVINO_INT8_BF16)
+    runs = planned_runs(precision)
+    optional = {OPENVINO_INT8_BF16} & {label for label, _, _ in runs}
     reports = {}
     for label, name, options in runs:
         logits, between = score_graph(graph_path, precision, name, token_ids, pad_id, num_labels, threads, options)
         reports[label] = compare(reference, logits[:, 0], groups, tolerance)
         reports[label]["inference_precision"] = between
-    primary = dict(reports[backends[0]])
-    primary["backend"] = backends[0]
+    primary = dict(reports[runs[0][0]])
+    primary["backend"] = runs[0][1]
     if len(reports) > 1:
         primary["by_backend"] = {name: {k: r[k] for k in _BY_BACKEND_FIELDS if k in r} for name, r in reports.items()}
         failed = [name for name, r in reports.items() if not r["passed"] and name not in optional]

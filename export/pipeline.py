@@ -31,12 +31,14 @@ INT8_METHODS = ("static", "dynamic")
 
 logger = logging.getLogger("rerankrt.export")
 
-# Peak resident memory of an export per byte of fp32 weights, and a fixed part (torch, onnxruntime and
-# the tokenizer loaded): measured on the 1b shape (see README, "Every Ettin size").
-EXPORT_BYTES_PER_WEIGHT_BYTE = 2.5
-EXPORT_OVERHEAD_BYTES = 1 << 30
-# What a gate pass sustains on this kind of machine (2 cores, fp32), for the time printed up front only.
-GATE_FLOPS_PER_S = 100e9
+# Peak resident memory of an export per byte of fp32 weights, and a fixed part (torch, onnxruntime, the
+# gate's activations): measured peaks (README, "Every Ettin size") 16.3-16.4 GB for the 1b (4.1 GB of weights:
+# onnxruntime's int8 quantizer holds them three times), 2.3-3.9 GB for the 17m/32m.
+EXPORT_BYTES_PER_WEIGHT_BYTE = 4.0
+EXPORT_OVERHEAD_BYTES = 3 << 30
+# What a gate pass sustains on this kind of machine (2 cores), for the time printed up front only: the 68m's
+# gate (35,544 tokens x 84 MFLOP, 6 passes) took 213 s on a 2-core Zen 4: ~84 GFLOP/s.
+GATE_FLOPS_PER_S = 80e9
 
 _calibration_batches = calibration.calibration_batches  # benchmarks import it from here
 
@@ -62,7 +64,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     artifact_writer.refuse_overwrite(output_dir, overwrite)
     say, started = _reporter(log), time.perf_counter()
 
-    say(f"[1/5] reading {model}")
+    say(f"[1/6] reading {model}")
     src = _limit_length(read_source(model, revision), max_length, model)
     weight_bytes = src.weight_bytes_fp32()
     if check_memory:
@@ -74,37 +76,45 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     tokenizer = PairTokenizer(src.directory / "tokenizer.json", src.max_length, tok_spec["pad_id"],
                               tok_spec["cls_id"], tok_spec["sep_id"], tok_spec["vocab_size"] or None)
     size = calibration.gate_size(tokenizer, _flops_per_token(src, weight_bytes), gate_pairs)
+    calib = calibration.load_calibration(tokenizer, calibration_file, size)
+    tokens = sum(len(t) for t in calib.token_ids)
+    per_pass = tokens * _flops_per_token(src, weight_bytes) / GATE_FLOPS_PER_S
+    passes = 1 + sum(len(parity.planned_runs(p)) for p in precisions)  # PyTorch, then every backend run
+    say(f"[2/6] parity gate: {len(calib.pairs)} calibration pairs ({tokens:,} tokens), {passes} passes (the PyTorch "
+        f"reference, then {', '.join(precisions)} on each backend): about {per_pass * passes:,.0f} s on 2 cores"
+        + ("" if calibration_file or gate_pairs else f" (pairs chosen for {weight_bytes / 4e6:,.0f} M "
+           "parameters; --gate-pairs sets them)") + "; scoring the PyTorch reference first")
+    gate_started = time.perf_counter()
+    from .reference import DESCRIPTION, score_reference  # torch: imported only once a model is exported
+
+    # First, so the torch model is gone before any graph is built or loaded: at the end (as before) the
+    # 1b's export peaked at 14.4 GB with it loaded on top of what quantization had left in the heap.
+    reference = score_reference(src, calib.token_ids, tokenizer.pad_id)[:, 0]
+    gate_s = time.perf_counter() - gate_started
+    _release_memory()
     with artifact_writer.staging_dir(output_dir) as staging:
-        say(f"[2/5] building the fp32 graph ({src.model_type}, {src.layout} layout, pooling={src.pooling})")
+        say(f"[3/6] building the fp32 graph ({src.model_type}, {src.layout} layout, pooling={src.pooling})")
         fp32_path = staging / graph_file_name("fp32")
         graph_form = build_graph(src, fp32_path)
         graphs = {"fp32": {"file": fp32_path.name, "graph_form": graph_form}}
         context = PassContext(_encoder_layers(src), calibration.quantization_batches(tokenizer, size))
         for precision in precisions[1:]:
-            say(f"[3/5] writing the {precision} graph")
+            say(f"[4/6] writing the {precision} graph")
             graphs[precision] = {"graph_form": graph_form,
                                  **write_precision(precision, fp32_path, context, int8_method)}
+            _release_memory()
 
-        calib = calibration.load_calibration(tokenizer, calibration_file, size)
-        tokens = sum(len(t) for t in calib.token_ids)
-        per_pass = tokens * _flops_per_token(src, weight_bytes) / GATE_FLOPS_PER_S
-        say(f"[4/5] parity: scoring {len(calib.pairs)} calibration pairs ({tokens:,} tokens) with the PyTorch "
-            f"reference and {', '.join(precisions)}: about {per_pass * (1 + len(precisions)):,.0f} s on 2 cores"
-            + ("" if calibration_file or gate_pairs else f" (pairs chosen for {weight_bytes / 4e6:,.0f} M "
-               "parameters; --gate-pairs sets them)"))
+        say(f"[5/6] parity: scoring the calibration pairs with {', '.join(precisions)}")
         gate_started = time.perf_counter()
-        from .reference import DESCRIPTION, score_reference  # torch: imported only once a model is exported
-
-        reference = score_reference(src, calib.token_ids, tokenizer.pad_id)[:, 0]
         tolerances = {**parity.DEFAULT_TOLERANCES, **(tolerances or {})}
         reports = {p: parity.check_precision(p, staging / graphs[p]["file"], calib.token_ids, tokenizer.pad_id,
                                              reference, calib.groups, tolerances[p], src.num_labels, threads)
                    for p in precisions}
         say(parity.format_report(reports))
-        say(f"      the gate took {time.perf_counter() - gate_started:,.0f} s")
+        say(f"      the gate took {gate_s + time.perf_counter() - gate_started:,.0f} s")
         parity.enforce(reports, allow_parity_failure)
 
-        say("[5/5] writing the artifact")
+        say("[6/6] writing the artifact")
         artifact_writer.write_artifact(staging, output_dir, src, tok_spec, graphs, reports,
                                        {**calib.describe(), "reference": DESCRIPTION}, allow_parity_failure,
                                        time.perf_counter() - started)
@@ -146,6 +156,17 @@ def _limit_length(src: SourceModel, max_length: int | None, model: str) -> Sourc
             raise ValueError(f"max_length must be in 1..{src.max_length} for {model}, got {max_length}")
         src.max_length = max_length
     return src
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc keeps it otherwise), between the big stages."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _flops_per_token(src: SourceModel, weight_bytes: int) -> float:

@@ -23,7 +23,7 @@ def test_export_info_predict_rank(tmp_path, tiny_model):
     done = _cli("export", tiny_model, "-o", out, "--precision", "fp32,int8", "--max-length", "256",
                 "--tolerance", "int8:min_spearman=0.9,min_top10=0.7,max_rel_delta=0.25")
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "parity" in done.stdout and "[5/5]" in done.stdout
+    assert "parity" in done.stdout and "[6/6]" in done.stdout
 
     info = _cli("info", out)
     assert info.returncode == 0 and "int8" in info.stdout and "features" in info.stdout
