@@ -105,30 +105,24 @@ class Artifact:
                 str(self.directory))
         info = graphs[precision]
         path = self.directory / info["file"]
-        if not path.is_file():
-            raise ArtifactError(f"graph file missing: {path}", str(path))
-        size = path.stat().st_size
-        if size != info.get("size_bytes", size):
-            raise ArtifactError(f"graph file {path} has {size} bytes, manifest says {info['size_bytes']}: "
-                                "the file is truncated or was replaced", str(path))
-        if verify and "sha256" in info and sha256_file(path) != info["sha256"]:
-            raise ArtifactError(f"graph file {path} does not match its sha256 in the manifest: corrupted",
-                                str(path))
+        size = _check_file(path, info, "graph file", "", verify)
         for data in info.get("data_files", []):  # the weights of a graph past 2 GB, beside it
-            self._check_data_file(path, data, verify)
+            _check_file(self.directory / data["file"], data, "external data file", f" (the weights of {path.name})",
+                        verify)
         return GraphEntry(precision, path, info.get("sha256", ""), size, info)
 
-    def _check_data_file(self, graph: Path, data: dict, verify: bool) -> None:
-        path = self.directory / data["file"]
-        if not path.is_file():
-            raise ArtifactError(f"external data file missing: {path} (the weights of {graph.name})", str(path))
-        size = path.stat().st_size
-        if size != data.get("size_bytes", size):
-            raise ArtifactError(f"external data file {path} has {size} bytes, manifest says {data['size_bytes']}: "
-                                "the file is truncated or was replaced", str(path))
-        if verify and "sha256" in data and sha256_file(path) != data["sha256"]:
-            raise ArtifactError(f"external data file {path} does not match its sha256 in the manifest: corrupted",
-                                str(path))
+
+def _check_file(path: Path, recorded: dict, what: str, whose: str, verify: bool) -> int:
+    """``path`` exists and matches its recorded ``size_bytes`` (and ``sha256`` with ``verify``); its size."""
+    if not path.is_file():
+        raise ArtifactError(f"{what} missing: {path}{whose}", str(path))
+    size = path.stat().st_size
+    if size != recorded.get("size_bytes", size):
+        raise ArtifactError(f"{what} {path} has {size} bytes, manifest says {recorded['size_bytes']}: "
+                            "the file is truncated or was replaced", str(path))
+    if verify and "sha256" in recorded and sha256_file(path) != recorded["sha256"]:
+        raise ArtifactError(f"{what} {path} does not match its sha256 in the manifest: corrupted", str(path))
+    return size
 
 
 def _check_types(section: dict, spec: dict, where: str, path: Path) -> None:

@@ -96,6 +96,16 @@ def _slow_app(reranker, delay: float, max_batch: int, **config):
     return create_app({"slow": model}, ServerConfig(**config)), slow
 
 
+def _reply_to_head_only(server: LiveServer, headers: bytes) -> tuple[bytes, float]:
+    """POST /v1/rerank's head with ``headers`` and no body; the reply and how long it took after the head."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" + headers
+                     + b"\r\n")
+        started = time.perf_counter()
+        return sock.recv(65536), time.perf_counter() - started
+
+
 def _sigmoid(x):
     return 1 / (1 + np.exp(-np.asarray(x, dtype=np.float64)))
 
@@ -402,14 +412,9 @@ def test_deadline_admission_refuses_at_once_what_the_queue_cannot_finish_in_time
             assert refused_in < 0.15 and 1 <= int(r.headers["retry-after"]) <= 3
             # a body announced far bigger than the time left allows (estimated from its Content-Length and the
             # bytes per token learned from the big request): 429 before any of the body is sent
-            port = int(server.url.rsplit(":", 1)[1])
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                             b"x-request-timeout: 20\r\ncontent-length: 4000000\r\n\r\n")
-                started = time.perf_counter()
-                reply = sock.recv(65536)
-                assert reply.startswith(b"HTTP/1.1 429") and time.perf_counter() - started < 0.15, reply
-                assert b"estimated from the request's 4000000 bytes" in reply and b"retry-after" in reply.lower()
+            reply, seconds = _reply_to_head_only(server, b"x-request-timeout: 20\r\ncontent-length: 4000000\r\n")
+            assert reply.startswith(b"HTTP/1.1 429") and seconds < 0.15, reply
+            assert b"estimated from the request's 4000000 bytes" in reply and b"retry-after" in reply.lower()
             bad = server.post("/v1/rerank", {"query": "q", "documents": ["a"]}, headers={"X-Request-Timeout": "soon"})
             assert bad.status_code == 400 and "x-request-timeout" in bad.json()["error"]["message"]
             assert big.result(30).status_code == 200
@@ -475,14 +480,10 @@ def test_auth_is_checked_before_the_body_is_read_and_concurrency_is_capped(reran
     server = LiveServer(create_app({"m": reranker}, ServerConfig(api_key="s3cret", max_client_concurrency=1)))
     try:
         port = int(server.url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            # announces 60 MiB, sends none of it: the 401 must come without waiting for (or reading) the body
-            sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                         b"authorization: Bearer wrong\r\ncontent-length: 62914560\r\n\r\n")
-            started = time.perf_counter()
-            reply = sock.recv(65536)
-            assert reply.startswith(b"HTTP/1.1 401") and time.perf_counter() - started < 1.0
-            assert b'"unauthorized"' in reply
+        # announces 60 MiB, sends none of it: the 401 must come without waiting for (or reading) the body
+        reply, seconds = _reply_to_head_only(server, b"authorization: Bearer wrong\r\ncontent-length: 62914560\r\n")
+        assert reply.startswith(b"HTTP/1.1 401") and seconds < 1.0
+        assert b'"unauthorized"' in reply
         key = {"Authorization": "Bearer s3cret"}
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             # a request of this client whose body is still on its way holds the client's one permit

@@ -969,6 +969,7 @@ def test_operations_during_a_fuzz_run(server):
                f"{len(latencies)} samples, p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms, "
                f"{failures} failed (idle before: p99 {_p99(idle_latencies) * 1000:.1f} ms); "
                f"RSS {rss_before:.0f} -> {rss_after:.0f} MB, peak {peak:.0f} MB{'' if peak_reset else ' ever'}")
+    print(summary)  # the run's figures, shown with pytest -s
     problems = []
     if rss_after - rss_before > RSS_GROWTH_MB:
         problems.append(f"RSS grew by {rss_after - rss_before:.0f} MB (limit {RSS_GROWTH_MB} MB)")
