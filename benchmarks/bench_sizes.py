@@ -28,6 +28,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,8 +62,14 @@ def export_measured(source: Path, artifact: Path, log: Path) -> dict:
                "--precision", "fp32,int8", "--overwrite", "--allow-parity-failure", "--threads", str(THREADS)]
     started = time.perf_counter()
     with log.open("w") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        # unbuffered: the tracer attributes memory to the stage line last written
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        by_stage: dict[str, float] = {}
+        tracer = threading.Thread(target=_trace_stages, args=(child.pid, log, by_stage), daemon=True)
+        tracer.start()
         _, status, usage = os.wait4(child.pid, 0)
+        tracer.join()
     seconds = time.perf_counter() - started
     text = log.read_text(errors="replace")
     if status != 0:
@@ -73,6 +80,7 @@ def export_measured(source: Path, artifact: Path, log: Path) -> dict:
     sizes = {p: int(g["size_bytes"]) + sum(int(d["size_bytes"]) for d in g.get("data_files", []))
              for p, g in manifest["graphs"].items()}
     return {"export_s": seconds, "export_peak_rss_mib": usage.ru_maxrss / 1024,
+            "export_rss_by_stage_mib": by_stage,
             "gate_s": float(gate.group(1).replace(",", "")) if gate else None,
             "gate_pairs": int(pairs.group(1)) if pairs else None,
             "gate_tokens": int(pairs.group(2).replace(",", "")) if pairs else None,
@@ -82,7 +90,29 @@ def export_measured(source: Path, artifact: Path, log: Path) -> dict:
                        for p, r in manifest["parity"]["results"].items()}}
 
 
-def measure_size(size: str, work: Path, run_dir: Path, passes: int) -> dict:
+def _trace_stages(pid: int, log: Path, peaks: dict[str, float], every_s: float = 0.2) -> None:
+    """The child's highest sampled RSS (MiB) in each ``[k/6]`` stage of its output, until it exits.
+
+    Sampling misses spikes shorter than ``every_s``; ``ru_maxrss`` stays the true peak. The point is
+    *where* the memory goes, e.g. which stage sets the 1b's peak.
+    """
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        if "\nState:\tZ" in text:
+            return
+        rss = re.search(r"VmRSS:\s+(\d+) kB", text)  # file-backed pages (mmapped weights) included
+        stages = re.findall(r"^\[(\d)/\d\] ([a-z0-9 ]+)", log.read_text(errors="replace"), re.M)
+        if rss:
+            stage = " ".join(stages[-1])[:40] if stages else "start"
+            peaks[stage] = max(peaks.get(stage, 0.0), int(rss.group(1)) / 1024)
+        time.sleep(every_s)
+
+
+def measure_size(size: str, work: Path, run_dir: Path, passes: int, export_only: bool = False) -> dict:
     source, _ = fixture_dir(size, work)
     artifact = work / "artifacts" / size
     say(f"{size}: exporting fp32 + int8 (log: {run_dir / f'export-{size}.log'})")
@@ -91,6 +121,8 @@ def measure_size(size: str, work: Path, run_dir: Path, passes: int) -> dict:
     row.update(export_measured(source, artifact, run_dir / f"export-{size}.log"))
     say(f"  export {row['export_s']:.0f} s, peak RSS {row['export_peak_rss_mib']:,.0f} MiB, gate "
         f"{row['gate_pairs']} pairs in {row['gate_s']} s")
+    if export_only:
+        return row
     n_queries, n_docs = PAIRS[size]
     (workload,) = load_workloads(["negconstraint"], n_queries, n_docs, 1)
     pairs_file = workload.write_pairs(run_dir / f"pairs-{size}.jsonl", n_queries)
@@ -133,11 +165,21 @@ def report(rows: list[dict]) -> list[str]:
                      f"{r['export_peak_rss_mib']:,.0f} | {r['gate_pairs']} ({r['gate_tokens']:,}) | "
                      f"{r['gate_s']:,.0f} | {r['artifact_mib']['fp32']:,.0f} | {r['artifact_mib']['int8']:,.0f} | "
                      f"{ext} |")
+    traced = [r for r in rows if r.get("export_rss_by_stage_mib")]
+    if traced:
+        lines += ["", "Where the export's memory goes: highest RSS sampled (every 0.2 s) in each stage, MiB "
+                  "(file-backed pages of memory-mapped weights included):", ""]
+        for r in traced:
+            stages = ", ".join(f"{k}: {v:,.0f}" for k, v in r["export_rss_by_stage_mib"].items())
+            lines.append(f"- {r['model']}: {stages}")
+    scored = [r for r in rows if "st" in r]
+    if not scored:
+        return lines
     lines += ["", f"## Scoring ({THREADS} threads, negconstraint, max_length 512)", "",
               "| model | pairs | system | pairs/s | × st | peak RSS MiB | cold start s | max \\|Δ\\| vs st | "
               "Spearman |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
+    for r in scored:
         st = r["st"]["pairs_per_s"]
         pairs = f"{r['pairs']['queries']} × {r['pairs']['docs_per_query']}"
         for system in SYSTEMS:
@@ -163,6 +205,7 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--from-rows", type=Path, help="write the report of an earlier (e.g. interrupted) run from "
                         "the rows.jsonl it kept in its run directory, measuring nothing")
+    parser.add_argument("--export-only", action="store_true", help="measure the export (time, memory, gate) only")
     args = parser.parse_args()
     if args.from_rows:
         rows = [json.loads(line) for line in args.from_rows.read_text().splitlines() if line.strip()]
@@ -179,11 +222,12 @@ def main() -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for size in sizes:
-        rows.append(measure_size(size, args.work.resolve(), run_dir, args.passes))
+        rows.append(measure_size(size, args.work.resolve(), run_dir, args.passes, args.export_only))
         (run_dir / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))  # kept if a later size fails
     command = "python benchmarks/bench_sizes.py " + " ".join(sys.argv[1:])
     write_report(args.out, "sizes", "Every Ettin size: export and scoring", command, environment, rows, report(rows))
-    say(f"median st pairs/s over sizes: {statistics.median(r['st']['pairs_per_s'] for r in rows):.2f}")
+    if not args.export_only:
+        say(f"median st pairs/s over sizes: {statistics.median(r['st']['pairs_per_s'] for r in rows):.2f}")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     artifact = load_artifact(args.artifact)
     m = artifact.manifest
     if args.json:
-        print(json.dumps({"manifest": m, "cpu": cpu_info().summary()}, indent=2))
+        from .tuning import cached_decision
+
+        decision = cached_decision(artifact)
+        tuned = None if decision is None else {"config": decision.config.__dict__, "label": decision.config.label,
+                                               "seconds": decision.seconds, "table": decision.table}
+        print(json.dumps({"manifest": m, "cpu": cpu_info().summary(), "auto_measured": tuned}, indent=2))
         return 0
     arch = m["architecture"]
     print(f"artifact     {artifact.directory}")
@@ -124,7 +129,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"int8 class   this CPU {cpu['int8_class']}; "
           f"the parity gate ran on {gate_class(artifact) or 'an unrecorded class'}")
     print(f"auto here    {_auto_choice(artifact)}")
+    _print_tuning(artifact)
     return 0
+
+
+def _print_tuning(artifact) -> None:
+    """The measured ``auto``'s cached decision and table for this machine, if it was measured."""
+    from .tuning import cached_decision
+
+    decision = cached_decision(artifact)
+    if decision is None:
+        print("measured     not yet on this machine: the first auto load (or `rerankrt tune`) measures it")
+        return
+    print(f"measured here {decision.config.label} (tuned in {decision.seconds:.1f} s; rule's choice marked *)")
+    for row in decision.table:
+        rate = f"{row['pairs_per_s']:9.1f} pairs/s" if "pairs_per_s" in row else f"  {row.get('skipped', '')}"
+        print(f"  {'*' if row.get('rule') else ' '} {row['label']:<32}{rate}")
 
 
 def _auto_choice(artifact) -> str:
@@ -138,7 +158,11 @@ def _auto_choice(artifact) -> str:
     from .int8_check import gate_class
     from .reranker import Reranker
     from .selection import choose_backend, choose_inference_precision, choose_precision
+    from .tuning import cached_decision
 
+    decision = cached_decision(artifact)
+    if decision is not None:
+        return f"{decision.config.label} (measured here, cached)"
     try:
         precision = choose_precision(artifact, "auto", "cpu")
         backend = choose_backend(precision, "auto", "cpu")
@@ -147,11 +171,29 @@ def _auto_choice(artifact) -> str:
     between = choose_inference_precision(artifact, precision, backend)
     check = ""
     if precision == "int8" and gate_class(artifact) != cpu_info().int8_class:
-        loaded = Reranker.from_pretrained(artifact.directory, precision="auto", backend="auto")
+        loaded = Reranker.from_pretrained(artifact.directory, precision="auto", backend="auto", tune=False)
         precision, backend = loaded.precision, loaded.backend.name
         between = getattr(loaded.backend, "inference_precision", None) if precision == "int8" else None
         check = f"; {loaded.int8_check.describe()}" if loaded.int8_check else ""
-    return f"{precision} on {backend}" + (f" ({between} between the int8 matmuls)" if between else "") + check
+    return (f"{precision} on {backend}" + (f" ({between} between the int8 matmuls)" if between else "") + check
+            + " (the rule: not measured here yet)")
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    """Measure (again) the artifact's faithful configurations here and cache the fastest (``tuning.py``)."""
+    from .artifact import load_artifact
+    from .backends import ConfigBuilder
+    from .tuning import decide
+
+    artifact = load_artifact(args.artifact)
+    decision = decide(artifact, ConfigBuilder(artifact, threads=args.threads).checked, threads=args.threads,
+                      force=True, progress=lambda line: print(line, file=sys.stderr))
+    if decision is None:
+        print("nothing to measure: one faithful configuration only, or the cache directory cannot be written "
+              "(RERANKRT_CACHE); auto follows the rule", file=sys.stderr)
+        return 1
+    print(f"auto here: {decision.config.label} (measured in {decision.seconds:.1f} s, cached)")
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -317,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("tune", help="measure which configuration auto loads on this machine, and cache it "
+                                    "(the first auto load does it by itself)")
+    p.add_argument("artifact")
+    p.add_argument("--threads", type=int, help="the thread count the loads that read it will use")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("bench", help="throughput and 1x100 rank latency of an artifact on this machine")
     runtime_args(p)

@@ -25,6 +25,7 @@ from .hub import resolve_model_dir
 from .int8_check import Int8Check
 from .scoring import Encoded, activate, encode, rank_order, resolve_activation, score_ids, sigmoid
 from .tokenize import Pair, PairTokenizer, is_single_pair, normalize_pairs
+from .tuning import Decision
 
 __all__ = ["Reranker", "resolve_activation", "sigmoid"]  # the last two: re-exported for older imports
 
@@ -43,6 +44,7 @@ class Reranker:
         self.activation = artifact.activation
         self.num_labels = artifact.num_labels
         self.int8_check: Int8Check | None = None  # set by from_pretrained when int8 was chosen on a CPU
+        self.tuning: Decision | None = None  # set by from_pretrained when auto was measured
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -51,11 +53,15 @@ class Reranker:
                         max_length: int | None = None, backend: str = "auto", device: str = "cpu",
                         revision: str | None = None, token_budget: int | None = None,
                         max_batch_size: int = 256, verify: bool = True,
-                        backend_options: dict | None = None, int8_check: bool = True) -> Reranker:
+                        backend_options: dict | None = None, int8_check: bool = True,
+                        tune: bool | None = None) -> Reranker:
         """Load an artifact directory (or a hub repo holding one).
 
         ``precision``: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` | ``int8``; ``backend``: ``auto`` |
-        ``onnxruntime`` | ``openvino`` (the rule for ``auto`` is in ``selection.py``). ``max_length`` may only shorten
+        ``onnxruntime`` | ``openvino``. On a CPU, ``auto`` is *measured*: the first such load of an
+        artifact on a machine times its faithful configurations and caches the fastest (``tuning.py``;
+        seconds for the 17m); ``tune=False`` or ``RERANKRT_TUNE=0`` uses the fixed rule
+        (``selection.py``) instead. ``max_length`` may only shorten
         the artifact's own. ``backend_options`` go to the backend (e.g. OpenVINO's
         ``performance_hint``). ``verify`` checks the graph's sha256 (cheap; catches corrupted files).
 
@@ -76,9 +82,10 @@ class Reranker:
 
         created = create_backend(artifact, precision, backend, device, providers=providers, threads=threads,
                                  token_budget=token_budget, max_batch_size=max_batch_size,
-                                 options=backend_options, verify=verify, int8_check=int8_check)
+                                 options=backend_options, verify=verify, int8_check=int8_check, tune=tune)
         reranker = cls(artifact, created.backend, tokenizer, created.policy)
         reranker.int8_check = created.int8_check
+        reranker.tuning = created.tuning
         return reranker
 
     @property

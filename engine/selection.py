@@ -1,22 +1,29 @@
-"""``precision="auto"`` and ``backend="auto"``: the documented rule, in one place.
+"""``precision="auto"`` and ``backend="auto"`` when nothing was measured here: the documented rule.
 
-Measured on the distilled 17m (AMD Zen 5, AVX-512 + VNNI + BF16, 2 threads, 300 negconstraint
-pairs, interleaved in one process; ``benchmarks/results/int8-forms-20261124-1140.md``): OpenVINO int8 (bf16
-between its int8 matmuls) 548 pairs/s > OpenVINO bf16 426 > OpenVINO int8 with f32 between 401 >
-onnxruntime int8 358 > OpenVINO strict f32 248 ≈ onnxruntime fp32 233, every one of them within
-the parity gate (Spearman ≥ 0.99997 to the fp32 graph). ``cpu-peers-20261124-1134.md`` (each
-system in its own process) orders them the same way. Hence, on CPU:
+``auto`` is measured on each machine first (``tuning.py``: the faithful configurations timed once,
+the fastest cached); this rule is what it falls back to (tuning disabled or impossible) and the
+order it times candidates in. It follows measurements on two CPU families:
+
+* **VNNI CPUs** (Zen 4/5, Ice Lake and later: AVX512-VNNI or AVX-VNNI). Distilled 17m, AMD Zen 5,
+  2 threads, 300 negconstraint pairs, interleaved in one process
+  (``benchmarks/results/int8-forms-20261124-1140.md``): OpenVINO int8 (bf16 between its int8
+  matmuls) 548 pairs/s > OpenVINO bf16 426 > OpenVINO int8 with f32 between 401 > onnxruntime int8
+  358 > OpenVINO strict f32 248 ≈ onnxruntime fp32 233, all within the parity gate.
+* **CPUs without VNNI** (AVX2-only x86 such as Zen 2/3 and Haswell–Skylake client parts; AVX-512
+  without VNNI): int8 u8×s8 products go through 16-bit pair sums (``vpmaddubsw``) and OpenVINO's
+  int8 path gains nothing. Distilled 17m, AMD Zen 3, 600 negconstraint pairs, 2 threads, median of
+  3 (issue 16): onnxruntime int8 91.1 pairs/s > onnxruntime fp32 82.7 > OpenVINO strict f32 75.3 >
+  OpenVINO int8 62.4. So int8 runs on onnxruntime there.
+
+Hence, on CPU:
 
 * precision: ``int8``, then ``bf16`` when the CPU has AVX512_BF16/AMX and OpenVINO is installed,
-  then ``fp32`` — only among the artifact's precisions that passed its parity gate. (``int8``
-  also leads on CPUs without BF16 or VNNI: its weights and matmuls are four times smaller.)
-* int8 on OpenVINO runs bf16 between its int8 matmuls (548 vs 401 pairs/s above) when the CPU
-  has AVX512_BF16/AMX *and* the artifact's parity gate passed that form (``openvino+bf16`` in its
-  int8 report; the export checks it on CPUs that can run it), else f32. On random-weight models,
-  whose scores differ by hundredths, bf16 can fail the gate where int8 with f32 passes; then
-  the artifact keeps int8 and only the f32 form is used.
-* backend: ``bf16`` → OpenVINO (the only bf16 path); ``int8`` → OpenVINO when installed, else
-  onnxruntime; ``fp32``/``fp16`` → onnxruntime (as fast as OpenVINO in fp32, one dependency less).
+  then ``fp32`` — only among the artifact's precisions that passed its parity gate.
+* int8 on OpenVINO runs bf16 between its int8 matmuls when the CPU has AVX512_BF16/AMX *and* the
+  artifact's parity gate passed that form (``openvino+bf16`` in its int8 report), else f32.
+* backend: ``bf16`` → OpenVINO (the only bf16 path); ``int8`` → OpenVINO on VNNI CPUs when
+  installed, onnxruntime otherwise; ``fp32``/``fp16`` → onnxruntime (as fast as OpenVINO in fp32,
+  one dependency less).
 
 On CUDA: ``fp16`` then ``fp32``, onnxruntime (CUDA / TensorRT execution providers).
 """
@@ -31,6 +38,7 @@ from .hardware import CpuInfo, cpu_info
 
 CPU_BACKENDS = {"bf16": ("openvino",), "int8": ("openvino", "onnxruntime"), "fp32": ("onnxruntime", "openvino"),
                 "fp16": ("onnxruntime",)}
+INT8_BACKENDS_WITHOUT_VNNI = ("onnxruntime", "openvino")
 GPU_PRECISION_ORDER = ("fp16", "fp32")
 
 
@@ -42,7 +50,8 @@ def installed(backend: str) -> bool:
         return False
 
 
-def _passed(artifact: Artifact, precision: str) -> bool:
+def gate_passed(artifact: Artifact, precision: str) -> bool:
+    """Whether the precision passed the artifact's parity gate (an older manifest without a report: yes)."""
     report = artifact.manifest.get("parity", {}).get("results", {}).get(precision)
     return report is None or bool(report.get("passed", True))
 
@@ -57,7 +66,7 @@ def choose_precision(artifact: Artifact, requested: str, device: str, cpu: CpuIn
                 f"re-export with --precision {requested}")
         return requested
     available = [p for p in artifact.precisions if p not in exclude] or ["fp32"]
-    usable = [p for p in available if _passed(artifact, p)] or available
+    usable = [p for p in available if gate_passed(artifact, p)] or available
     order: tuple[str, ...]
     if device.startswith("cuda"):
         order = GPU_PRECISION_ORDER
@@ -70,11 +79,20 @@ def choose_precision(artifact: Artifact, requested: str, device: str, cpu: CpuIn
     return usable[0]
 
 
-def choose_backend(precision: str, requested: str, device: str, is_installed=installed) -> str:
+def cpu_backends(precision: str, cpu: CpuInfo | None = None) -> tuple[str, ...]:
+    """The CPU backends that run ``precision``, the rule's preference first (see the module docstring)."""
+    candidates = CPU_BACKENDS.get(precision, ("onnxruntime",))
+    if precision == "int8" and not (cpu or cpu_info()).has_vnni:
+        candidates = INT8_BACKENDS_WITHOUT_VNNI
+    return candidates
+
+
+def choose_backend(precision: str, requested: str, device: str, is_installed=installed,
+                   cpu: CpuInfo | None = None) -> str:
     if device.startswith("cuda"):
         candidates: tuple[str, ...] = ("onnxruntime",)
     else:
-        candidates = CPU_BACKENDS.get(precision, ("onnxruntime",))
+        candidates = cpu_backends(precision, cpu)
     if requested != "auto":
         if requested not in candidates:
             raise BackendUnavailableError(

@@ -45,6 +45,8 @@ def score_graph(graph_path: Path, precision: str, backend: str, token_ids: list[
                 num_labels: int = 1, threads: int | None = None, options: dict | None = None
                 ) -> tuple[np.ndarray, str | None]:
     """Logits ``[n, num_labels]`` in input order from one backend, and what it ran between quantized ops."""
+    if backend == "openvino":  # a staging file: its compiled blob (4 GB for the 1b) would never be read again
+        options = {"cache_dir": False, **(options or {})}
     created = create_backend(graph_path, precision=precision, backend=backend, threads=threads, options=options)
     # The calibration's token budget (several mixed-length batches), each padded to its own longest
     # row: the widths the gate has always scored, for every backend. The runtime's width multiple

@@ -56,8 +56,9 @@ def test_gpu_prefers_fp16_and_explicit_requests_are_checked():
 
 
 def test_backend_rule_and_its_refusals():
-    assert choose_backend("int8", "auto", "cpu", is_installed=EVERYTHING) == "openvino"
-    assert choose_backend("int8", "auto", "cpu", is_installed=ORT_ONLY) == "onnxruntime"
+    assert choose_backend("int8", "auto", "cpu", is_installed=EVERYTHING, cpu=ZEN5) == "openvino"
+    assert choose_backend("int8", "auto", "cpu", is_installed=EVERYTHING, cpu=ZEN3) == "onnxruntime"
+    assert choose_backend("int8", "auto", "cpu", is_installed=ORT_ONLY, cpu=ZEN5) == "onnxruntime"
     assert choose_backend("fp32", "auto", "cpu", is_installed=EVERYTHING) == "onnxruntime"
     assert choose_backend("fp16", "auto", "cuda", is_installed=EVERYTHING) == "onnxruntime"
     with pytest.raises(BackendUnavailableError, match="openvino"):

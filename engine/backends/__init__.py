@@ -21,8 +21,9 @@ from .base import Backend, BackendBase
 
 if TYPE_CHECKING:
     from ..int8_check import Int8Check
+    from ..tuning import Decision
 
-__all__ = ["Backend", "BackendBase", "Created", "available_backends", "backend_class", "batch_policy",
+__all__ = ["Backend", "BackendBase", "ConfigBuilder", "Created", "available_backends", "backend_class", "batch_policy",
            "create_backend"]
 
 log = logging.getLogger("rerankrt")
@@ -67,19 +68,68 @@ class Created:
     backend: Backend
     policy: BatchPolicy
     int8_check: Int8Check | None = None
+    tuning: Decision | None = None  # the measured auto's table and choice, when auto was measured
+
+
+@dataclass
+class ConfigBuilder:
+    """Builds one configuration (precision, backend, inference precision) of an artifact with the load's options.
+
+    Shared by the load itself and by the measured ``auto`` (``tuning.py``), which times candidates
+    built exactly as the chosen one will be.
+    """
+
+    artifact: Artifact
+    device: str = "cpu"
+    providers: list[str] | None = None
+    threads: int | None = None
+    token_budget: int | None = None
+    max_batch_size: int = 256
+    options: dict | None = None
+    verify: bool = True
+    int8_check: bool = True
+
+    def build(self, config) -> Created:
+        from .. import memory
+
+        opts = dict(self.options or {})
+        if config.inference_precision is not None:
+            opts.setdefault("inference_precision", config.inference_precision)
+        graph = self.artifact.graph(config.precision, verify=self.verify)
+        if self.device == "cpu":  # refused with a clear error, not killed by the kernel halfway through loading
+            memory.check_load(graph.path,
+                              [self.artifact.directory / d["file"] for d in graph.info.get("data_files", [])])
+        built = backend_class(config.backend)(graph.path, precision=config.precision, device=self.device,
+                                              providers=self.providers, threads=self.threads, **opts)
+        return Created(built, batch_policy(built, self.token_budget, self.max_batch_size))
+
+    def checked(self, config) -> Created:
+        """``build``, with int8 re-checked on this CPU class; raises when it fails (tuning skips it then)."""
+        from ..int8_check import check_int8
+
+        created = self.build(config)
+        if config.precision == "int8" and not self.device.startswith("cuda"):
+            verdict = check_int8(self.artifact, created.backend, created.policy, threads=self.threads,
+                                 enabled=self.int8_check)
+            if not verdict.usable:
+                raise BackendUnavailableError(verdict.describe())
+            created.int8_check = verdict
+        return created
 
 
 def create_backend(source: Artifact | Path, precision: str = "auto", backend: str = "auto", device: str = "cpu",
                    providers: list[str] | None = None, threads: int | None = None, token_budget: int | None = None,
                    max_batch_size: int = 256, options: dict | None = None, verify: bool = True,
-                   int8_check: bool = True) -> Created:
+                   int8_check: bool = True, tune: bool | None = None) -> Created:
     """Build the backend for an artifact (precision and backend may be ``auto``) or for one graph file.
 
-    For an :class:`Artifact`, ``auto`` follows ``selection.py``; int8 on a CPU class the
-    artifact's gate never ran on is re-checked (``int8_check.py``) and, if it fails, ``auto`` falls
-    back to the next faithful precision with one warning while an explicit ``int8`` raises.
-    For a graph file (the export's parity gate, benchmarks) ``precision`` and ``backend`` are
-    explicit and nothing is checked.
+    For an :class:`Artifact` on a CPU, ``auto`` is measured (``tuning.py``: the faithful
+    configurations timed once on this machine, the fastest cached) unless ``tune`` is False (or
+    ``RERANKRT_TUNE=0``); otherwise, or where nothing can be measured, it follows ``selection.py``.
+    int8 on a CPU class the artifact's gate never ran on is re-checked (``int8_check.py``) and, if it
+    fails, ``auto`` falls back to the next faithful precision with one warning while an explicit
+    ``int8`` raises. For a graph file (the export's parity gate, benchmarks) ``precision`` and
+    ``backend`` are explicit and nothing is checked.
     """
     if not isinstance(source, Artifact):
         if precision == "auto" or backend == "auto":
@@ -88,28 +138,25 @@ def create_backend(source: Artifact | Path, precision: str = "auto", backend: st
                                        threads=threads, **(options or {}))
         return Created(built, batch_policy(built, token_budget, max_batch_size))
 
-    from .. import memory
+    from .. import tuning
     from ..int8_check import check_int8
     from ..selection import choose_backend, choose_inference_precision, choose_precision
 
     artifact = source
+    builder = ConfigBuilder(artifact, device, providers, threads, token_budget, max_batch_size, options, verify,
+                            int8_check)
+    build = builder.build
 
-    def build(precision_: str) -> Created:
+    def by_rule(precision_: str) -> tuning.Config:
         name = choose_backend(precision_, backend, device)
-        opts = dict(options or {})
-        between = choose_inference_precision(artifact, precision_, name)
-        if between is not None:
-            opts.setdefault("inference_precision", between)
-        graph = artifact.graph(precision_, verify=verify)
-        if device == "cpu":  # refused with a clear error, not killed by the kernel halfway through loading
-            memory.check_load(graph.path, [artifact.directory / d["file"] for d in graph.info.get("data_files", [])])
-        built = backend_class(name)(graph.path, precision=precision_, device=device, providers=providers,
-                                    threads=threads, **opts)
-        return Created(built, batch_policy(built, token_budget, max_batch_size))
+        return tuning.Config(precision_, name, choose_inference_precision(artifact, precision_, name))
 
-    chosen = choose_precision(artifact, precision, device)
+    decision = None
+    if device == "cpu" and "auto" in (precision, backend) and tuning.enabled(tune):
+        decision = tuning.decide(artifact, builder.checked, precision, backend, threads)
+    chosen = decision.config if decision is not None else by_rule(choose_precision(artifact, precision, device))
     created = build(chosen)
-    if chosen == "int8" and not device.startswith("cuda"):
+    if chosen.precision == "int8" and not device.startswith("cuda"):
         verdict = check_int8(artifact, created.backend, created.policy, threads=threads, enabled=int8_check)
         if not verdict.usable:
             if precision != "auto":
@@ -119,12 +166,14 @@ def create_backend(source: Artifact | Path, precision: str = "auto", backend: st
             fallback = choose_precision(artifact, "auto", device, exclude=("int8",))
             log.warning("rerankrt: %s; using %s instead", verdict.describe(), fallback)
             del created
-            created = build(fallback)
+            created = build(by_rule(fallback))
         created.int8_check = verdict
+    created.tuning = decision
     described = created.backend.describe()
-    log.info("rerankrt: %s → %s on %s%s%s", Path(artifact.directory).name, described["precision"],
+    log.info("rerankrt: %s → %s on %s%s%s%s", Path(artifact.directory).name, described["precision"],
              described["backend"],
              f" ({described['inference_precision']} between the int8 matmuls)"
              if described["precision"] == "int8" and described.get("inference_precision") else "",
-             f"; {created.int8_check.describe()}" if created.int8_check is not None else "")
+             f"; {created.int8_check.describe()}" if created.int8_check is not None else "",
+             f"; {decision.describe()}" if decision is not None else "")
     return created

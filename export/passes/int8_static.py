@@ -8,20 +8,28 @@ OpenVINO and TensorRT all read.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import onnx
 
 from ..external_data import is_external
+from . import minmax_ranges
 from .base import Graph, PassContext, model_file
 from .matmuls import KEEP_FP32_LAYERS, fp32_layers, select_nodes
+
+OP_TYPE = "MatMul"
+
+
+def _feeds(batches: list[tuple]) -> list[dict]:
+    return [{"input_ids": ids, "attention_mask": mask} for ids, mask in batches]
 
 
 class _BatchReader:
     """Feeds calibration batches to onnxruntime's static quantization calibrator."""
 
     def __init__(self, batches: list[tuple]) -> None:
-        self._iter = iter([{"input_ids": ids, "attention_mask": mask} for ids, mask in batches])
+        self._iter = iter(_feeds(batches))
 
     def get_next(self):
         return next(self._iter, None)
@@ -49,22 +57,30 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
     model = onnx.load(str(fp32_path), load_external_data=False)  # the node list only: no weights needed
     nodes = select_nodes(model, num_layers, keep_fp32_layers)
     del model
-    # A graph past 2 GB (weights in external data) is read, augmented for calibration and written that way
-    # too. (MinMax calibration keeps only ReduceMin/ReduceMax outputs per batch, not the activations; its
-    # CalibMaxIntermediateOutputs option drops the collected data in onnxruntime 1.32, so it is not used.)
+    # A graph past 2 GB (weights in external data) is read and written that way. The activation
+    # ranges are computed first with the weights loaded once (``minmax_ranges``) and handed over as
+    # onnxruntime's calibration cache, so its calibrator (three more copies of the weights) never runs.
     large = is_external(fp32_path)
-    quantize_static(str(fp32_path), str(out_path), _BatchReader(batches), quant_format=QuantFormat.QDQ,
-                    use_external_data_format=large,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                    reduce_range=reduce_range, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
-                                   "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+    options = dict(quant_format=QuantFormat.QDQ, use_external_data_format=large,
+                   activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                   reduce_range=reduce_range, nodes_to_quantize=nodes, op_types_to_quantize=[OP_TYPE],
+                   calibrate_method=CalibrationMethod.MinMax,
+                   extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
+                                  "OpTypesToExcludeOutputQuantization": [OP_TYPE]})
+    if minmax_ranges.cache_supported():
+        ranges = minmax_ranges.minmax_ranges(fp32_path, _feeds(batches), (OP_TYPE,))
+        with tempfile.TemporaryDirectory(prefix="rerankrt-calibration-") as tmp:
+            cache = minmax_ranges.write_cache(ranges, Path(tmp) / "ranges.json")
+            quantize_static(str(fp32_path), str(out_path), None, calibration_cache_path=str(cache), **options)
+        calibrator = "rerankrt minmax_ranges (one session), via quantize_static's calibration cache"
+    else:  # an onnxruntime without calibration caches: its own calibrator (more memory, same ranges)
+        quantize_static(str(fp32_path), str(out_path), _BatchReader(batches), **options)
+        calibrator = "onnxruntime MinMaxCalibrater"
     return {"method": "onnxruntime.quantize_static (QDQ, MinMax calibration)", "weight_type": "int8",
             "activation_type": "uint8", "per_channel": per_channel,
             "weight_bits": 7 if reduce_range else 8, "quantized_matmuls": len(nodes),
             "quantized_tensors": "MatMul inputs (outputs stay float)",
-            "calibration_batches": len(batches),
+            "calibration_batches": len(batches), "calibrator": calibrator,
             "fp32_layers": fp32_layers(num_layers, keep_fp32_layers), "head": "fp32"}
 
 
