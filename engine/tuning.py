@@ -53,6 +53,8 @@ DEFAULT_BUDGET_S = 30.0
 CPU_TUNED_PRECISIONS = ("int8", "bf16", "fp32")
 PASS_FLOPS = 50e9  # the 17m's whole workload (~40 GFLOP); bigger models time fewer pairs (sized_workload)
 MIN_PAIRS = 4
+BUDGET_SPENT = "time budget spent"  # a row skipped for time, measured when a narrower request needs it
+LOCK_GRACE_S = 60.0  # a process waiting for another's measurement gives up after its budget plus this
 # Candidates are loaded side by side (and timed interleaved) when their graphs take at most this
 # share of the memory available.
 INTERLEAVE_MEMORY_SHARE = 0.25
@@ -120,12 +122,15 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def signature(artifact: Artifact, threads: int | None, cpu: CpuInfo | None = None) -> dict:
-    """What a decision depends on: another CPU, core count, thread setting, library or graph is another key."""
+def signature(artifact: Artifact, threads: int | None, cpu: CpuInfo | None = None,
+              load: dict | None = None) -> dict:
+    """What a decision depends on: another CPU, core count, thread setting, library, graph or load option
+    that changes speed (``load``: the token budget, whether int8 is re-checked) is another key."""
     cpu = cpu or cpu_info()
     graphs = {p: g.get("sha256") or g.get("file") for p, g in artifact.manifest.get("graphs", {}).items()}
     return {"tune_version": TUNE_VERSION, "cpu_model": cpu.model, "cpu_flags": sorted(cpu.flags),
-            "logical_cores": cpu.logical_cores, "threads": threads, "versions": _versions(), "graphs": graphs}
+            "logical_cores": cpu.logical_cores, "threads": threads, "versions": _versions(), "graphs": graphs,
+            "load": dict(sorted((load or {}).items()))}
 
 
 def key_of(signature_: dict) -> str:
@@ -139,7 +144,10 @@ def read_cached(key: str, directory: Path | None = None) -> Decision | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         decision = Decision(Config(**data["decision"]), list(data["table"]), float(data.get("seconds", 0.0)),
                             cached=True, key=key)
-    except (OSError, ValueError, KeyError, TypeError):
+        for row in decision.table:  # every row must name a configuration; a rate, when present, is a number
+            Config(**row["config"])
+            float(row.get("pairs_per_s", 0.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return decision
 
@@ -151,13 +159,15 @@ def write_cached(decision: Decision, signature_: dict, directory: Path | None = 
     path = directory / f"{decision.key}.json"
     payload = {"decision": asdict(decision.config), "table": decision.table, "seconds": round(decision.seconds, 3),
                "signature": signature_, "tuned": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp = directory / f".{decision.key}.{os.getpid()}.{time.monotonic_ns()}.tmp"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{decision.key}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
         os.replace(tmp, path)
         return True
     except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         return False
 
 
@@ -267,7 +277,7 @@ def measure(configs: Sequence[Config], build: Callable[[Config], Callable[[], ob
 
     def load(i: int) -> bool:
         if over_budget() and i > 0:
-            rows[i]["skipped"] = "time budget spent"
+            rows[i]["skipped"] = BUDGET_SPENT
             return False
         loaded_at = time.perf_counter()
         try:
@@ -281,8 +291,16 @@ def measure(configs: Sequence[Config], build: Callable[[Config], Callable[[], ob
         return True
 
     def timed(i: int) -> None:
+        if i not in runners:
+            return
         t0 = time.perf_counter()
-        runners[i]()
+        try:
+            runners[i]()
+        except Exception as exc:  # noqa: BLE001 - fails while timed: not a candidate either
+            rows[i]["skipped"] = f"{type(exc).__name__}: {exc}"[:300]
+            runners.pop(i)
+            times[i].clear()
+            return
         times[i].append(time.perf_counter() - t0)
 
     if interleave:
@@ -297,10 +315,10 @@ def measure(configs: Sequence[Config], build: Callable[[Config], Callable[[], ob
             if not load(i):
                 continue
             for _ in range(TIMED_ROUNDS):
-                if times[i] and over_budget() and i > 0:
+                if (times[i] and over_budget() and i > 0) or i not in runners:
                     break
                 timed(i)
-            runners.pop(i)  # one candidate's weights in memory at a time
+            runners.pop(i, None)  # one candidate's weights in memory at a time
     for i, row in enumerate(rows):
         if times[i]:
             row["pairs_per_s"] = round(pairs_per_pass / statistics.median(times[i]), 3)
@@ -322,68 +340,92 @@ def choose(table: list[dict], allowed: Sequence[Config] | None = None) -> Config
     return Config(**max(measured, key=lambda r: r["pairs_per_s"])["config"])
 
 
-def _graph_bytes(artifact: Artifact, configs: Sequence[Config]) -> int:
-    from .memory import graph_bytes
-
-    total = 0
-    for precision in {c.precision for c in configs}:
-        info = artifact.manifest["graphs"][precision]
-        total += graph_bytes(artifact.directory / info["file"],
-                             [artifact.directory / d["file"] for d in info.get("data_files", [])])
-    return total
-
-
 def decide(artifact: Artifact, build: Callable[[Config], Any], precision: str = "auto", backend: str = "auto",
            threads: int | None = None, force: bool = False, cpu: CpuInfo | None = None,
-           progress: Callable[[str], None] | None = None) -> Decision | None:
+           progress: Callable[[str], None] | None = None, load: dict | None = None) -> Decision | None:
     """The configuration to load for this request, from the cache or measured now; ``None``: use the rule.
 
-    Every candidate of a full ``auto`` is measured (one table per artifact and machine, whatever the
-    request), and the fastest among those the request allows (``precision``/``backend`` when not
-    ``auto``) is chosen. ``build(config)`` returns what the scoring core runs: an object with
-    ``backend`` and ``policy`` (``backends.Created``).
+    A full ``auto`` measures every candidate; a narrower request (``precision`` or ``backend`` given)
+    reads the same table and measures only the candidates it allows that the table lacks, adding
+    them to it. The fastest measured one it allows is chosen. ``build(config)`` returns what the
+    scoring core runs: an object with ``backend`` and ``policy`` (``backends.Created``).
     """
     cpu = cpu or cpu_info()
     everything = candidates(artifact, cpu=cpu)
-    allowed = [c for c in everything if precision in ("auto", c.precision) and backend in ("auto", c.backend)]
+    allowed = candidates(artifact, precision, backend, cpu=cpu)  # the rule's choice for this request first
     if len(allowed) < 2:
         return None  # nothing to choose between: the rule (or the explicit request) decides
-    sig = signature(artifact, threads, cpu)
+    sig = signature(artifact, threads, cpu, load)
     key = key_of(sig)
     if not force:
-        cached = read_cached(key)
+        cached = _usable(read_cached(key), allowed)
         if cached is not None:
-            chosen = choose(cached.table, allowed)
-            if chosen is not None:
-                cached.config = chosen
-                return cached
+            return cached
     if not writable():
         log.info("rerankrt: the tuning cache %s cannot be written; auto follows the rule", cache_dir())
         return None
-    with _exclusive(key):  # processes starting together: one measures, the others wait and read its decision
-        if not force:
-            cached = read_cached(key)
-            chosen = choose(cached.table, allowed) if cached is not None else None
-            if cached is not None and chosen is not None:
-                cached.config = chosen
+    with _exclusive(key, wait_s=budget_seconds() + LOCK_GRACE_S) as locked:
+        if not locked:
+            log.warning("rerankrt: another process has been measuring %s for too long; auto follows the rule",
+                        artifact.directory.name)
+            return None
+        previous = None if force else read_cached(key)
+        if previous is not None:
+            cached = _usable(previous, allowed)
+            if cached is not None:  # measured by another process while this one waited
                 return cached
-        return _measure_and_cache(artifact, build, everything, allowed, sig, key, progress)
+        seen = ([row["config"] for row in previous.table if row.get("skipped") != BUDGET_SPENT]
+                if previous is not None else [])
+        to_measure = everything if previous is None else [c for c in allowed if asdict(c) not in seen]
+        if not to_measure:
+            return None  # every allowed candidate was tried and none could run: the rule decides
+        return _measure_and_cache(artifact, build, to_measure, allowed, sig, key, progress,
+                                  previous.table if previous is not None else [], everything[0])
+
+
+def _usable(cached: Decision | None, allowed: list[Config]) -> Decision | None:
+    """``cached`` with its choice among ``allowed``, or ``None`` when it measured none of them."""
+    if cached is None:
+        return None
+    chosen = choose(cached.table, allowed)
+    if chosen is None:
+        return None
+    cached.config = chosen
+    return cached
 
 
 @contextlib.contextmanager
-def _exclusive(key: str):
-    """An advisory lock on the key's entry (POSIX ``flock``; elsewhere no lock: a duplicate measurement only)."""
+def _exclusive(key: str, wait_s: float):
+    """An advisory lock on the key's entry (POSIX ``flock``), waited for at most ``wait_s``; yields whether
+    it is held. Where locking is impossible (no ``fcntl``, a lock file another user owns, NFS without
+    locks) it yields True unlocked: two processes then both measure, and the last write wins."""
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
+
+        handle = open(cache_dir() / f".{key}.lock", "a")  # noqa: SIM115 - closed below
+    except (ImportError, OSError):
+        yield True
         return
-    with open(cache_dir() / f".{key}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+            except OSError:
+                yield True
+                return
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
 
 
 def cached_decision(artifact: Artifact, threads: int | None = None, cpu: CpuInfo | None = None) -> Decision | None:
@@ -395,9 +437,9 @@ def cached_decision(artifact: Artifact, threads: int | None = None, cpu: CpuInfo
     return decision
 
 
-def _measure_and_cache(artifact: Artifact, build: Callable[[Config], Any], everything: list[Config],
-                       allowed: list[Config], sig: dict, key: str,
-                       progress: Callable[[str], None] | None) -> Decision:
+def _measure_and_cache(artifact: Artifact, build: Callable[[Config], Any], configs: list[Config],
+                       allowed: list[Config], sig: dict, key: str, progress: Callable[[str], None] | None,
+                       earlier_rows: list[dict], rule: Config) -> Decision:
     from .memory import available_bytes
     from .scoring import score_ids
     from .tokenize import PairTokenizer
@@ -406,19 +448,34 @@ def _measure_and_cache(artifact: Artifact, build: Callable[[Config], Any], every
     tokenizer = PairTokenizer.for_artifact(artifact, max_length=min(artifact.max_length, 512))
     ids = sized_workload(tokenizer.encode(workload()), artifact)
     available = available_bytes()
-    interleave = available is not None and _graph_bytes(artifact, everything) <= INTERLEAVE_MEMORY_SHARE * available
+    interleave = available is not None and _load_bytes(artifact, configs) <= INTERLEAVE_MEMORY_SHARE * available
 
     def runner(config: Config) -> Callable[[], object]:
         created = build(config)
         return lambda: score_ids(created.backend, ids, created.policy, tokenizer.pad_id, artifact.num_labels)
 
-    header = (f"rerankrt: measuring {len(everything)} configurations of {artifact.directory.name} on this machine "
+    header = (f"rerankrt: measuring {len(configs)} configurations of {artifact.directory.name} on this machine "
               f"once ({len(ids)} built-in pairs, up to {budget_seconds():.0f} s; cached; RERANKRT_TUNE=0 skips it)")
     (progress or log.warning)(header)
-    table = measure(everything, runner, len(ids), budget_seconds(), interleave, progress or log.info)
-    rule = everything[0]
-    for row in table:
+    rows = measure(configs, runner, len(ids), budget_seconds(), interleave, progress or log.info)
+    for row in rows:
         row["rule"] = row["config"] == asdict(rule)
-    decision = Decision(choose(table, allowed) or allowed[0], table, time.perf_counter() - started, key=key)
+    redone = [row["config"] for row in rows]
+    table = [row for row in earlier_rows if row["config"] not in redone] + rows
+    decision = Decision(choose(table, allowed) or allowed[0], table,
+                        time.perf_counter() - started, key=key)
     write_cached(decision, sig)
     return decision
+
+
+def _load_bytes(artifact: Artifact, configs: Sequence[Config]) -> int:
+    """What loading every config side by side takes: one graph per config (backends do not share weights)."""
+    from .memory import LOAD_BYTES_PER_GRAPH_BYTE, LOAD_OVERHEAD_BYTES, graph_bytes
+
+    total = 0
+    for config in configs:
+        info = artifact.manifest["graphs"][config.precision]
+        size = graph_bytes(artifact.directory / info["file"],
+                           [artifact.directory / d["file"] for d in info.get("data_files", [])])
+        total += int(LOAD_BYTES_PER_GRAPH_BYTE * size) + LOAD_OVERHEAD_BYTES
+    return total

@@ -244,3 +244,38 @@ def test_bigger_models_time_fewer_pairs():
     assert tuning.sized_workload(ids, small) == ids  # the 17m times everything (~37 GFLOP)
     few = tuning.sized_workload(ids, large)
     assert len(few) == tuning.MIN_PAIRS and few == ids[:tuning.MIN_PAIRS]
+
+
+def test_a_narrower_request_measures_only_what_the_table_lacks(artifact, cache, monkeypatch):
+    speeds = {("int8", "openvino"): 2e-6, ("int8", "onnxruntime"): 1e-6, ("fp32", "onnxruntime"): 3e-6,
+              ("fp32", "openvino"): 1e-6}
+    monkeypatch.setattr(tuning, "budget_seconds", lambda: 0.0)
+    tuning.decide(artifact, paced_builder(speeds), cpu=ZEN5)  # only the rule's choice fits the budget
+    monkeypatch.setattr(tuning, "budget_seconds", lambda: 60.0)
+    built: list = []
+    fp32 = tuning.decide(artifact, paced_builder(speeds, built), precision="fp32", cpu=ZEN5)
+    assert {c.precision for c in built} == {"fp32"}  # the int8 rows were not measured again
+    assert fp32.config == tuning.Config("fp32", "openvino")
+    table = tuning.read_cached(fp32.key).table
+    assert len(table) == len(tuning.candidates(artifact, cpu=ZEN5))  # merged, one row per configuration
+    built.clear()
+    assert tuning.decide(artifact, paced_builder(speeds, built), precision="fp32", cpu=ZEN5).cached
+    assert built == []  # and not again on the next load
+
+
+def test_measuring_never_stops_a_load(tiny_artifact, cache, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise PermissionError("lock file owned by another user")
+
+    monkeypatch.setattr(tuning, "decide", broken)
+    loaded = Reranker.from_pretrained(tiny_artifact)
+    assert loaded.tuning is None and loaded.precision in ("int8", "fp32")
+    assert "auto follows the rule" in caplog.text
+
+
+def test_backend_options_mean_the_rule(tiny_artifact, cache, monkeypatch):
+    """Options are for one backend (another would refuse them): such a load is not measured."""
+    monkeypatch.setattr(tuning, "decide", lambda *a, **k: pytest.fail("measured a load with backend options"))
+    loaded = Reranker.from_pretrained(tiny_artifact, precision="int8", backend="auto",
+                                      backend_options={"inference_precision": "f32"})
+    assert loaded.tuning is None

@@ -71,6 +71,14 @@ class Created:
     tuning: Decision | None = None  # the measured auto's table and choice, when auto was measured
 
 
+def _non_default_load(token_budget: int | None, max_batch_size: int, int8_check: bool) -> dict:
+    """The load options that change what tuning measures, when not the defaults (a plain load's key is the
+    one ``rerankrt info`` and ``rerankrt tune`` use)."""
+    given = {"token_budget": token_budget, "max_batch_size": max_batch_size, "int8_check": int8_check}
+    defaults = {"token_budget": None, "max_batch_size": 256, "int8_check": True}
+    return {k: v for k, v in given.items() if v != defaults[k]}
+
+
 @dataclass
 class ConfigBuilder:
     """Builds one configuration (precision, backend, inference precision) of an artifact with the load's options.
@@ -88,11 +96,14 @@ class ConfigBuilder:
     options: dict | None = None
     verify: bool = True
     int8_check: bool = True
+    failed_int8: Int8Check | None = None  # set by ``checked`` when an int8 candidate failed its check here
 
-    def build(self, config) -> Created:
+    def build(self, config, candidate: bool = False) -> Created:
         from .. import memory
 
         opts = dict(self.options or {})
+        if candidate and config.backend == "openvino":
+            opts.setdefault("cache_dir", False)  # a blob per candidate (GBs for the big sizes) is never read
         if config.inference_precision is not None:
             opts.setdefault("inference_precision", config.inference_precision)
         graph = self.artifact.graph(config.precision, verify=self.verify)
@@ -104,14 +115,16 @@ class ConfigBuilder:
         return Created(built, batch_policy(built, self.token_budget, self.max_batch_size))
 
     def checked(self, config) -> Created:
-        """``build``, with int8 re-checked on this CPU class; raises when it fails (tuning skips it then)."""
+        """``build`` for tuning: int8 re-checked on this CPU class (a failed check raises, so tuning skips
+        it, and is kept in :attr:`failed_int8`); OpenVINO writes no compile blob for a candidate."""
         from ..int8_check import check_int8
 
-        created = self.build(config)
+        created = self.build(config, candidate=True)
         if config.precision == "int8" and not self.device.startswith("cuda"):
             verdict = check_int8(self.artifact, created.backend, created.policy, threads=self.threads,
                                  enabled=self.int8_check)
             if not verdict.usable:
+                self.failed_int8 = verdict
                 raise BackendUnavailableError(verdict.describe())
             created.int8_check = verdict
         return created
@@ -152,10 +165,27 @@ def create_backend(source: Artifact | Path, precision: str = "auto", backend: st
         return tuning.Config(precision_, name, choose_inference_precision(artifact, precision_, name))
 
     decision = None
-    if device == "cpu" and "auto" in (precision, backend) and tuning.enabled(tune):
-        decision = tuning.decide(artifact, builder.checked, precision, backend, threads)
+    # Measured only for plain loads: backend options or providers apply to one backend (another would refuse
+    # them), so with them the rule decides.
+    if (device == "cpu" and "auto" in (precision, backend) and tuning.enabled(tune) and not options
+            and not providers):
+        try:
+            decision = tuning.decide(artifact, builder.checked, precision, backend, threads,
+                                     load=_non_default_load(token_budget, max_batch_size, int8_check))
+        except Exception as exc:  # noqa: BLE001 - measuring is an optimisation: never a reason not to load
+            log.warning("rerankrt: measuring auto failed (%s: %s); auto follows the rule", type(exc).__name__, exc)
+            decision = None
+    if decision is not None and builder.failed_int8 is not None:  # as the rule path says it, once per load
+        log.warning("rerankrt: %s; using %s instead", builder.failed_int8.describe(), decision.config.label)
+    elif decision is not None and decision.cached and any(
+            r["config"].get("precision") == "int8" and "int8 gated on" in r.get("skipped", "")
+            for r in decision.table):
+        log.warning("rerankrt: int8 failed its check on this CPU when auto was measured; using %s",
+                    decision.config.label)
     chosen = decision.config if decision is not None else by_rule(choose_precision(artifact, precision, device))
     created = build(chosen)
+    if builder.failed_int8 is not None:
+        created.int8_check = builder.failed_int8
     if chosen.precision == "int8" and not device.startswith("cuda"):
         verdict = check_int8(artifact, created.backend, created.policy, threads=threads, enabled=int8_check)
         if not verdict.usable:
@@ -167,6 +197,7 @@ def create_backend(source: Artifact | Path, precision: str = "auto", backend: st
             log.warning("rerankrt: %s; using %s instead", verdict.describe(), fallback)
             del created
             created = build(by_rule(fallback))
+            decision = None  # what loaded is the rule's fallback, not the measured choice
         created.int8_check = verdict
     created.tuning = decision
     described = created.backend.describe()

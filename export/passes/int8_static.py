@@ -8,6 +8,7 @@ OpenVINO and TensorRT all read.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .base import Graph, PassContext, model_file
 from .matmuls import KEEP_FP32_LAYERS, fp32_layers, select_nodes
 
 OP_TYPE = "MatMul"
+logger = logging.getLogger("rerankrt.export")
 
 
 def _feeds(batches: list[tuple]) -> list[dict]:
@@ -67,8 +69,14 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
                    calibrate_method=CalibrationMethod.MinMax,
                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
                                   "OpTypesToExcludeOutputQuantization": [OP_TYPE]})
+    ranges = None
     if minmax_ranges.cache_supported():
-        ranges = minmax_ranges.minmax_ranges(fp32_path, _feeds(batches), (OP_TYPE,))
+        try:
+            ranges = minmax_ranges.minmax_ranges(fp32_path, _feeds(batches), (OP_TYPE,))
+        except (OSError, RuntimeError) as exc:  # e.g. a read-only directory for the augmented graph
+            logger.warning("rerankrt: own calibration failed (%s); using onnxruntime's calibrator (more memory)",
+                           exc)
+    if ranges is not None:
         with tempfile.TemporaryDirectory(prefix="rerankrt-calibration-") as tmp:
             cache = minmax_ranges.write_cache(ranges, Path(tmp) / "ranges.json")
             quantize_static(str(fp32_path), str(out_path), None, calibration_cache_path=str(cache), **options)

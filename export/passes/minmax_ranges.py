@@ -58,16 +58,23 @@ def tensors_to_calibrate(model: onnx.ModelProto, op_types: Sequence[str]) -> lis
     return list(chosen)
 
 
-def _augment(model: onnx.ModelProto, tensors: Sequence[str]) -> list[str]:
-    """Add a ReduceMin and a ReduceMax graph output per tensor (in place); returns their names, in pairs."""
+def _augment(model: onnx.ModelProto, tensors: Sequence[str], types: dict[str, int]) -> list[str]:
+    """Add a ReduceMin and a ReduceMax graph output per tensor (in place, in the tensor's own float type);
+    returns their names, in pairs."""
     outputs = []
     for name in tensors:
         for op in ("ReduceMin", "ReduceMax"):
             out = f"{name}_{op}_{uuid.uuid4().hex[:8]}"
             model.graph.node.append(helper.make_node(op, [name], [out], keepdims=0))
-            model.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, []))
+            model.graph.output.append(helper.make_tensor_value_info(out, types[name], []))
             outputs.append(out)
     return outputs
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    graph = model.graph
+    return {vi.name: vi.type.tensor_type.elem_type for vi in itertools.chain(graph.value_info, graph.output,
+                                                                              graph.input)}
 
 
 def minmax_ranges(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
@@ -87,7 +94,8 @@ def minmax_ranges(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
         if out.type.tensor_type.elem_type not in FLOAT_TYPES:
             raise ValueError(f"{model_path.name}: output {out.name} is not a float tensor")
     tensors = tensors_to_calibrate(model, op_types)
-    reduce_outputs = _augment(model, tensors)
+    types = _elem_types(model)
+    reduce_outputs = _augment(model, tensors, types)
     # Next to the original, so initializers stored as external data resolve to the same file.
     augmented = model_path.with_name(f".{model_path.stem}.calibration-{uuid.uuid4().hex[:8]}.onnx")
     try:
@@ -100,7 +108,7 @@ def minmax_ranges(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
         highest = np.full(len(tensors), -np.inf, dtype=np.float32)
         seen = 0
         for feed in batches:
-            values = np.asarray(session.run(reduce_outputs, feed), dtype=np.float32)
+            values = np.asarray([np.float32(v) for v in session.run(reduce_outputs, feed)], dtype=np.float32)
             lowest = np.fmin(lowest, values[0::2])
             highest = np.fmax(highest, values[1::2])
             seen += 1
@@ -109,8 +117,10 @@ def minmax_ranges(model_path: Path, batches: Iterable[dict[str, np.ndarray]],
         augmented.unlink(missing_ok=True)
     if not seen:
         raise ValueError("static int8 needs at least one calibration batch")
+    # each range in its tensor's own type, as onnxruntime's calibrator returns it
+    dtype = {name: np.float16 if types[name] == TensorProto.FLOAT16 else np.float32 for name in tensors}
     return TensorsData(CalibrationMethod.MinMax,
-                       {name: (np.array([lo], dtype=np.float32), np.array([hi], dtype=np.float32))
+                       {name: (np.array([lo], dtype=dtype[name]), np.array([hi], dtype=dtype[name]))
                         for name, lo, hi in zip(tensors, lowest, highest, strict=True)})
 
 
