@@ -15,6 +15,10 @@ installed backend that runs it, and for int8 on OpenVINO both f32 and (on BF16 C
 passed it) bf16 between the int8 matmuls. An int8 that fails the load-time int8 check on this CPU
 class is not a candidate. The token budget is not tuned (the CPU default, 2,048 tokens, is kept).
 
+Where: in a child process (``python -m rerankrt.engine.tuning``) when a load triggers it, so the loading
+process keeps none of the candidates' threads or memory (``_measure_in_child``); ``rerankrt tune`` measures
+in its own process.
+
 Timing: when all candidates fit in memory at once they are timed interleaved (round robin, a
 warm-up round first, then the median of the timed rounds), so a noisy neighbour slows them all
 alike; otherwise one after another. A time budget (``RERANKRT_TUNE_SECONDS``, default 30 s) stops
@@ -55,6 +59,7 @@ PASS_FLOPS = 50e9  # the 17m's whole workload (~40 GFLOP); bigger models time fe
 MIN_PAIRS = 4
 BUDGET_SPENT = "time budget spent"  # a row skipped for time, measured when a narrower request needs it
 LOCK_GRACE_S = 60.0  # a process waiting for another's measurement gives up after its budget plus this
+CHILD_START_S = 120.0  # a measuring child's own start (imports, loading the first candidate) beyond its budget
 # Candidates are loaded side by side (and timed interleaved) when their graphs take at most this
 # share of the memory available.
 INTERLEAVE_MEMORY_SHARE = 0.25
@@ -342,7 +347,8 @@ def choose(table: list[dict], allowed: Sequence[Config] | None = None) -> Config
 
 def decide(artifact: Artifact, build: Callable[[Config], Any], precision: str = "auto", backend: str = "auto",
            threads: int | None = None, force: bool = False, cpu: CpuInfo | None = None,
-           progress: Callable[[str], None] | None = None, load: dict | None = None) -> Decision | None:
+           progress: Callable[[str], None] | None = None, load: dict | None = None,
+           child: dict | None = None) -> Decision | None:
     """The configuration to load for this request, from the cache or measured now; ``None``: use the rule.
 
     A full ``auto`` measures every candidate; a narrower request (``precision`` or ``backend`` given)
@@ -364,6 +370,12 @@ def decide(artifact: Artifact, build: Callable[[Config], Any], precision: str = 
     if not writable():
         log.info("rerankrt: the tuning cache %s cannot be written; auto follows the rule", cache_dir())
         return None
+    if child is not None:  # measured in a child process; this one only reads what it cached
+        _measure_in_child(artifact, precision, backend, threads, load, child)
+        measured = _usable(read_cached(key), allowed)
+        if measured is not None:
+            measured.cached = False  # measured for this load (in its child), not read from an earlier one
+        return measured
     with _exclusive(key, wait_s=budget_seconds() + LOCK_GRACE_S) as locked:
         if not locked:
             log.warning("rerankrt: another process has been measuring %s for too long; auto follows the rule",
@@ -381,6 +393,41 @@ def decide(artifact: Artifact, build: Callable[[Config], Any], precision: str = 
             return None  # every allowed candidate was tried and none could run: the rule decides
         return _measure_and_cache(artifact, build, to_measure, allowed, sig, key, progress,
                                   previous.table if previous is not None else [], everything[0])
+
+
+def _measure_in_child(artifact: Artifact, precision: str, backend: str, threads: int | None, load: dict | None,
+                      builder: dict) -> None:
+    """Run :func:`decide` in a fresh interpreter (``python -m rerankrt.engine.tuning``).
+
+    Why: the candidates' sessions leave threads, arenas and heap behind even once released. Measured with
+    ``benchmarks/bench_auto_start.py`` (Zen 4, distilled 17m): a process that had tuned in-process then
+    scored 0.83× a process that loaded the same configuration directly (182.5 vs 220.4 pairs/s), and its
+    peak RSS was 846 vs 240 MiB. A child keeps the serving process as if it had loaded the configuration
+    by name. Its failure or timeout leaves the cache without an entry: the caller then follows the rule.
+    """
+    import subprocess
+    import sys
+
+    request = {"artifact": str(artifact.directory), "precision": precision, "backend": backend, "threads": threads,
+               "load": load or {}, "builder": builder}
+    try:
+        subprocess.run([sys.executable, "-m", "rerankrt.engine.tuning", json.dumps(request)], check=True,
+                       timeout=budget_seconds() + LOCK_GRACE_S + CHILD_START_S, stdout=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("rerankrt: measuring auto in a child process failed (%s); auto follows the rule", exc)
+
+
+def _child_main(argv: list[str]) -> int:
+    """The child of :func:`_measure_in_child`: measure in-process and cache the decision."""
+    from .artifact import load_artifact
+    from .backends import ConfigBuilder
+
+    request = json.loads(argv[0])
+    artifact = load_artifact(request["artifact"])
+    builder = ConfigBuilder(artifact, threads=request["threads"], **request["builder"])
+    decide(artifact, builder.checked, request["precision"], request["backend"], request["threads"],
+           load=request["load"])
+    return 0
 
 
 def _usable(cached: Decision | None, allowed: list[Config]) -> Decision | None:
@@ -479,3 +526,9 @@ def _load_bytes(artifact: Artifact, configs: Sequence[Config]) -> int:
                            [artifact.directory / d["file"] for d in info.get("data_files", [])])
         total += int(LOAD_BYTES_PER_GRAPH_BYTE * size) + LOAD_OVERHEAD_BYTES
     return total
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_child_main(sys.argv[1:]))

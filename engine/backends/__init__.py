@@ -171,7 +171,9 @@ def create_backend(source: Artifact | Path, precision: str = "auto", backend: st
             and not providers):
         try:
             decision = tuning.decide(artifact, builder.checked, precision, backend, threads,
-                                     load=_non_default_load(token_budget, max_batch_size, int8_check))
+                                     load=_non_default_load(token_budget, max_batch_size, int8_check),
+                                     child={"token_budget": token_budget, "max_batch_size": max_batch_size,
+                                            "int8_check": int8_check, "verify": verify})
         except Exception as exc:  # noqa: BLE001 - measuring is an optimisation: never a reason not to load
             log.warning("rerankrt: measuring auto failed (%s: %s); auto follows the rule", type(exc).__name__, exc)
             decision = None
