@@ -28,6 +28,7 @@ from . import agreement
 from .artifact import Artifact
 from .batching import BatchPolicy
 from .builtin_pairs import builtin_pairs, group_ids
+from .cache import cache_root
 from .hardware import cpu_info
 from .scoring import score_ids
 from .tokenize import PairTokenizer
@@ -84,8 +85,7 @@ def check_pairs() -> list[tuple[str, str]]:
 
 
 def _cache_file() -> Path:
-    base = os.environ.get("RERANKRT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rerankrt")
-    return Path(base) / "int8-checks.json"
+    return cache_root() / "int8-checks.json"
 
 
 def _read_cache(path: Path) -> dict:

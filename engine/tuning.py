@@ -45,6 +45,7 @@ from typing import Any
 
 from .artifact import Artifact
 from .builtin_pairs import builtin_pairs
+from .cache import cache_root
 from .hardware import CpuInfo, cpu_info
 
 log = logging.getLogger("rerankrt")
@@ -104,8 +105,7 @@ def enabled(requested: bool | None = None) -> bool:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("RERANKRT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rerankrt")
-    return Path(base) / "tuning"
+    return cache_root() / "tuning"
 
 
 def budget_seconds() -> float:

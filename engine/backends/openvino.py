@@ -40,13 +40,13 @@ faster than fp32, and compiles Q/DQ int8 graphs natively. Three things matter:
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
+from ..cache import cache_root
 from ..errors import ArtifactError, BackendUnavailableError
 from ..hardware import cpu_info, physical_cores
 from .base import BackendBase
@@ -57,8 +57,7 @@ _PAD_MULTIPLE = {"int8": 16}  # batch widths rounded up to this (see the module 
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("RERANKRT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rerankrt")
-    return Path(base) / "openvino"
+    return cache_root() / "openvino"
 
 
 class OpenVinoBackend(BackendBase):
