@@ -34,6 +34,7 @@ from common import (  # first: common.SCRIPT_START marks when the interpreter re
     Workload,
     add_run_arguments,
     agreement,
+    auto_records,
     estimate_flops,
     fmt,
     hardware_info,
@@ -60,7 +61,7 @@ from common import (  # first: common.SCRIPT_START marks when the interpreter re
 # isort: split
 import numpy as np
 
-SYSTEMS = ("st", "rerankrt-fp32", "rerankrt-int8")
+SYSTEMS = ("st", "rerankrt-fp32", "rerankrt-int8", "rerankrt-auto")  # auto: what a user gets by default here
 WORKLOADS = ("negconstraint", "scifact")
 
 
@@ -111,12 +112,16 @@ def measure_group(model: Model, workload: Workload, systems: list[str], run_dir:
         median_s = statistics.median(result["pass_times_s"])
         row = {
             "run_id": environment["run_id"], "model": model.name, "workload": workload.name, "system": system,
-            "precision": "fp32" if system == "st" else system.removeprefix("rerankrt-"),
+            "precision": ("fp32" if system == "st" else auto_precision(model) if system == "rerankrt-auto"
+                          else system.removeprefix("rerankrt-")),
             "n_queries": n_queries, "docs_per_query": len(workload.documents),
             "tokens_total": int(lengths.sum()), "tokens_mean": float(lengths.mean()), **result,
             "flops_estimate": flops, "achieved_gflops": flops / median_s / 1e9,
             "fraction_of_peak": flops / median_s / 1e9 / environment["matmul_peak"]["gflops"],
         }
+        if system == "rerankrt-auto":
+            row["auto_choice"] = next((r.get("choice") for r in environment.get("auto", [])
+                                       if r["artifact"] == model.artifact_dir.name), None)
         if system == "st":
             reference = (scores, result)
         else:
@@ -129,6 +134,31 @@ def measure_group(model: Model, workload: Workload, systems: list[str], run_dir:
         row["environment"] = environment
         rows.append(row)
     return rows
+
+
+def auto_precision(model: Model) -> str:
+    """The precision the ``rerankrt-auto`` row loads (from the run's recorded auto decision)."""
+    from rerankrt.engine.artifact import load_artifact
+    from rerankrt.engine.tuning import cached_decision
+
+    decision = cached_decision(load_artifact(model.artifact_dir), threads=THREADS)
+    return decision.config.precision if decision is not None else "int8"
+
+
+def auto_vs_explicit(group: list[dict]) -> list[str]:
+    """Per model: the auto row against the fastest rerankrt row of the same run (issue 16's "ratio to the best")."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in group):
+        rows = [r for r in group if r["model"] == model]
+        auto = next((r for r in rows if r["system"] == "rerankrt-auto"), None)
+        explicit = [r for r in rows if r["system"].startswith("rerankrt-") and r is not auto]
+        if auto is None or not explicit:
+            continue
+        best = max(explicit, key=lambda r: r["pairs_per_s"])
+        lines.append(f"- {model}: rerankrt-auto loaded {auto.get('auto_choice', '?')}: {auto['pairs_per_s']:.1f} "
+                     f"pairs/s, {auto['pairs_per_s'] / best['pairs_per_s']:.2f}× the fastest explicit rerankrt row "
+                     f"({best['system']}, onnxruntime, {best['pairs_per_s']:.1f})")
+    return ["", *lines] if lines else []
 
 
 def markdown_summary(rows: list[dict], environment: dict, command: str) -> str:
@@ -164,6 +194,7 @@ def markdown_summary(rows: list[dict], environment: dict, command: str) -> str:
                 f"{r['cold_start_s']:.2f} | {fmt(agree.get('max_abs_delta'), '.2g')} | "
                 f"{fmt(agree.get('spearman'), '.5f')} | {fmt(agree.get('top10_agreement'), '.2f')} | "
                 f"{r['achieved_gflops']:.1f} | {100 * r['fraction_of_peak']:.0f}% |")
+        lines += auto_vs_explicit(group)
         lines.append("")
     parity = [r for r in rows if "export_parity" in r and r["workload"] == rows[0]["workload"]]
     if parity:
@@ -212,6 +243,7 @@ def driver_main(args: argparse.Namespace) -> None:
                    "max_length": MAX_LENGTH, "smoke": args.smoke}
     say(f"peak {environment['matmul_peak']['gflops']:.1f} GFLOP/s")
     models = [prepare_model(name, work, args.pairs_limit) for name in names]
+    environment["auto"] = auto_records([m.artifact_dir for m in models])  # before any auto row loads it
     workloads = (load_workloads(workload_names, 2, 10, 10) if args.smoke
                  else load_workloads(workload_names, 10, 100, 30))
     passes, latency_calls = (1, 2) if args.smoke else (3, 10)

@@ -91,7 +91,7 @@ def main() -> None:
              f"{common.THREADS} threads; each mode in a fresh process."]
     common.write_report(args.out, "memory-burst", "Memory after a burst of long documents",
                         "python benchmarks/bench_memory_burst.py --out benchmarks/results",
-                        common.run_environment(()), rows, body)
+                        common.run_environment((), auto_artifacts=(model.artifact_dir,)), rows, body)
 
 
 if __name__ == "__main__":

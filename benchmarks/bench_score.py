@@ -121,9 +121,7 @@ def main() -> None:
     if not pairs_file.is_file():
         say(f"writing {args.pairs:,} pairs")
         write_pairs(pairs_file, args.pairs)
-    environment = {"hardware": common.hardware_info(),
-                   "versions": common.package_versions(("openvino", "ray", "pyarrow")),
-                   "load_average_1m": os.getloadavg()[0]}
+    environment = common.run_environment(("openvino", "ray", "pyarrow"), auto_artifacts=(model.artifact_dir,))
     me = [sys.executable, __file__, "--artifact", str(model.artifact_dir), "--input", str(pairs_file),
           "--max-length", str(args.max_length)]
     rerankrt = [sys.executable, "-m", "rerankrt.engine.cli", "score", str(model.artifact_dir), str(pairs_file),

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import random
 import signal
 import socket
@@ -335,9 +334,7 @@ def driver_main(args: argparse.Namespace) -> None:
     requests = build_requests(max(requests_for_level(c) for c in levels) + 64)
     requests_file = run_dir / "requests.json"
     requests_file.write_text(json.dumps(requests[:requests_for_level(16)]))
-    environment = {"hardware": common.hardware_info(),
-                   "versions": common.package_versions(("fastapi", "uvicorn", "openvino")),
-                   "load_average_1m": os.getloadavg()[0]}
+    environment = common.run_environment(("fastapi", "uvicorn", "openvino"), auto_artifacts=(model.artifact_dir,))
 
     say("offline reference")
     result_file = run_dir / "offline.json"

@@ -36,6 +36,7 @@ from common import (
     REPO_ROOT,
     THREADS,
     agreement,
+    auto_records,
     fixture_dir,
     load_workloads,
     read_pairs,
@@ -225,6 +226,8 @@ def main() -> None:
         rows.append(measure_size(size, args.work.resolve(), run_dir, args.passes, args.export_only))
         (run_dir / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))  # kept if a later size fails
     command = "python benchmarks/bench_sizes.py " + " ".join(sys.argv[1:])
+    if not args.export_only:  # what auto loads for each size here (its tuning runs after the measurements)
+        environment["auto"] = auto_records([args.work.resolve() / "artifacts" / size for size in sizes])
     write_report(args.out, "sizes", "Every Ettin size: export and scoring", command, environment, rows, report(rows))
     if not args.export_only:
         say(f"median st pairs/s over sizes: {statistics.median(r['st']['pairs_per_s'] for r in rows):.2f}")

@@ -86,7 +86,8 @@ def main() -> None:
     body += [f"| {r['window_x_budget']} | {r['tokens_per_s_median']:,.0f} | {r['tokens_per_s_median'] / base:.2f} | "
              f"{r['batches']:.0f} | {r['rows_per_batch']:.1f} | {r['padding_efficiency']:.3f} |" for r in rows]
     write_report(Path(args.out), "windows", "Scheduling window vs throughput",
-                 "python benchmarks/bench_windows.py " + " ".join(sys.argv[1:]), run_environment(), rows, body)
+                 "python benchmarks/bench_windows.py " + " ".join(sys.argv[1:]),
+                 run_environment(auto_artifacts=(model.artifact_dir,)), rows, body)
 
 
 if __name__ == "__main__":

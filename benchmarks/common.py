@@ -204,9 +204,11 @@ def load_scorer(system: str, model_dir: Path, artifact_dir: Path) -> tuple[Predi
 
     from rerankrt.engine import Reranker
 
-    # onnxruntime pinned: this script measures the core runtime; bench_cpu_peers.py covers OpenVINO
-    reranker = Reranker.from_pretrained(artifact_dir, precision=system.removeprefix("rerankrt-"), threads=THREADS,
-                                        max_length=MAX_LENGTH, backend="onnxruntime")
+    if system == "rerankrt-auto":  # what a user gets by default on this machine (the tuning cache's decision)
+        reranker = Reranker.from_pretrained(artifact_dir, threads=THREADS, max_length=MAX_LENGTH)
+    else:  # onnxruntime pinned: this script measures the core runtime; bench_cpu_peers.py covers OpenVINO
+        reranker = Reranker.from_pretrained(artifact_dir, precision=system.removeprefix("rerankrt-"),
+                                            threads=THREADS, max_length=MAX_LENGTH, backend="onnxruntime")
     return (lambda pairs, batch_size: reranker.predict(pairs, batch_size=batch_size),
             lambda query, docs, batch_size: reranker.rank(query, docs, batch_size=batch_size))
 
@@ -430,10 +432,79 @@ def hardware_info() -> dict:
             "platform": platform.platform()}
 
 
-def run_environment(extra_packages: tuple[str, ...] = ()) -> dict:
-    """Hardware, package versions and load: what every result file records beside its numbers."""
-    return {"hardware": hardware_info(), "versions": package_versions(extra_packages),
-            "load_average_1m": os.getloadavg()[0]}
+def run_environment(extra_packages: tuple[str, ...] = (), auto_artifacts: tuple[Path, ...] = ()) -> dict:
+    """Hardware, package versions, load, and what ``auto`` loads here for the run's artifacts:
+    what every result file records beside its numbers."""
+    environment = {"hardware": hardware_info(), "versions": package_versions(extra_packages),
+                   "load_average_1m": os.getloadavg()[0]}
+    if auto_artifacts:
+        environment["auto"] = auto_records(auto_artifacts)
+    return environment
+
+
+def auto_record(artifact_dir: Path, threads: int = THREADS) -> dict:
+    """Which configuration ``precision``/``backend`` ``auto`` loads for ``artifact_dir`` on this machine,
+    and its ratio to the fastest configuration of the tuning table it chose from.
+
+    Why in every result: which configuration is fastest depends on the CPU (issue 16), so a number
+    measured with an explicit configuration says little about what a user gets by default unless the
+    file also says what the default is here. The decision is read from the tuning cache; when absent it
+    is measured first (``rerankrt tune``, in a child process, as the first ``auto`` load would), so the
+    record is the one later loads use. With tuning off (``RERANKRT_TUNE=0``) the rule's choice is recorded.
+    """
+    from rerankrt.engine.artifact import load_artifact
+    from rerankrt.engine.tuning import cached_decision, enabled
+
+    artifact = load_artifact(artifact_dir)
+    decision = cached_decision(artifact, threads=threads)
+    measured_now = False
+    if decision is None and enabled():
+        say(f"measuring what auto loads for {artifact_dir.name} here (rerankrt tune)")
+        subprocess.run([sys.executable, "-m", "rerankrt.engine.cli", "tune", str(artifact_dir), "--threads",
+                        str(threads)], check=False, stdout=subprocess.DEVNULL)
+        decision, measured_now = cached_decision(artifact, threads=threads), True
+    if decision is None:
+        from rerankrt.engine.selection import choose_backend, choose_precision
+
+        precision = choose_precision(artifact, "auto", "cpu")
+        backend = choose_backend(precision, "auto", "cpu")
+        return {"artifact": artifact_dir.name, "choice": f"{precision} on {backend}", "how": "rule (not measured)"}
+    rates = [r for r in decision.table if r.get("pairs_per_s")]
+    chosen = next((r for r in rates if r["config"] == decision.config.__dict__), None)
+    best = max(rates, key=lambda r: r["pairs_per_s"]) if rates else None
+    ratio = chosen["pairs_per_s"] / best["pairs_per_s"] if chosen and best else None
+    return {"artifact": artifact_dir.name, "choice": decision.config.label, "config": decision.config.__dict__,
+            "how": "measured now" if measured_now else "cached", "choice_pairs_per_s": chosen and chosen["pairs_per_s"],
+            "best_pairs_per_s": best and best["pairs_per_s"], "ratio_to_best": ratio,
+            "table": [{"config": r["config"], "pairs_per_s": r.get("pairs_per_s"), "skipped": r.get("skipped")}
+                      for r in decision.table]}
+
+
+def auto_records(artifact_dirs: tuple[Path, ...] | list[Path]) -> list[dict]:
+    """:func:`auto_record` for each artifact; a failure is recorded, never stops the benchmark."""
+    records = []
+    for directory in dict.fromkeys(Path(d) for d in artifact_dirs):
+        try:
+            records.append(auto_record(directory))
+        except Exception as exc:  # noqa: BLE001 - the benchmark's numbers matter more than this record
+            records.append({"artifact": directory.name, "error": f"{type(exc).__name__}: {exc}"})
+    return records
+
+
+def auto_lines(environment: dict) -> list[str]:
+    """One markdown bullet per artifact: what ``auto`` loads here and its ratio to the best it measured."""
+    lines = []
+    for r in environment.get("auto", []):
+        if "error" in r:
+            lines.append(f"- auto for {r['artifact']}: not known ({r['error']})")
+        elif r.get("ratio_to_best") is None:
+            lines.append(f"- auto for {r['artifact']}: {r['choice']} ({r['how']})")
+        else:
+            runner_up = sorted((t["pairs_per_s"] for t in r["table"] if t.get("pairs_per_s")), reverse=True)
+            lines.append(f"- auto for {r['artifact']} on this machine: **{r['choice']}** "
+                         f"({r['choice_pairs_per_s']:.1f} pairs/s on the tuning workload, {r['ratio_to_best']:.2f}× "
+                         f"the fastest of {len(runner_up)} configurations measured in the same tuning run; {r['how']})")
+    return lines
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -450,6 +521,7 @@ def hardware_lines(environment: dict) -> list[str]:
         f"- AVX2: {yes['avx2' in flags]} · AVX-512: {yes[cpu['avx512']]} · VNNI: {yes[cpu['vnni']]} · "
         f"BF16: {yes[cpu['bf16']]} · AMX: {yes[bool({'amx_bf16', 'amx_int8'} & flags)]}",
         f"- features: {' '.join(cpu['features'])}",
+        *auto_lines(environment),
     ]
 
 

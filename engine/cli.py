@@ -41,6 +41,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
            revision=args.revision, max_length=args.max_length, calibration_file=args.calibration,
            tolerances=tolerances, allow_parity_failure=args.allow_parity_failure, overwrite=args.overwrite,
            threads=args.threads, int8_method=args.int8_method, gate_pairs=args.gate_pairs,
+           local_attention=args.local_attention,
            check_memory=not args.no_memory_check)
     return 0
 
@@ -75,7 +76,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         pairs = [(args.query, d) for d in args.doc]
     else:
         pairs = _read_pairs(sys.stdin, "stdin")
-    scores = reranker.predict(pairs, activation_fn=args.activation, show_progress_bar=args.progress)
+    scores = reranker.predict(pairs, activation_fn=args.activation, show_progress_bar=args.progress,
+                              long_documents=_long_documents(args))
     for (query, doc), score in zip(pairs, np.atleast_1d(scores)):
         print(json.dumps({"query": query, "document": doc, "score": float(score)}, ensure_ascii=False))
     return 0
@@ -84,7 +86,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_rank(args: argparse.Namespace) -> int:
     reranker = _load(args)
     results = reranker.rank(args.query, args.doc, top_k=args.top_k, return_documents=True,
-                            activation_fn=args.activation)
+                            activation_fn=args.activation, long_documents=_long_documents(args))
     for item in results:
         print(json.dumps(item, ensure_ascii=False))
     return 0
@@ -222,7 +224,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     summary = score_file_with_artifact(job, args.artifact, precision=args.precision, backend=args.backend,
                                        threads=args.threads, max_length=args.max_length, workers=args.workers,
                                        activation=args.activation, resume=args.resume, overwrite=args.overwrite,
-                                       progress=not args.no_progress)
+                                       progress=not args.no_progress, long_documents=_long_documents(args))
     print(summary.describe(), file=sys.stderr)
     return 0
 
@@ -237,9 +239,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                            max_length=args.max_length, first_stage=Path(args.first_stage) if args.first_stage else None,
                            depth=args.depth, runs=[Path(r) for r in args.runs or []], metrics=args.metrics.split(","),
                            out_dir=Path(args.out_dir) if args.out_dir else None, with_title=not args.no_title,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, long_documents=_long_documents(args))
     print(report.to_json() if args.json else report.to_markdown())
     return 0
+
+
+def _long_documents(args: argparse.Namespace):
+    """The ``--long-documents`` flags as ``chunking.LongDocuments`` (refused here, before any loading)."""
+    from .chunking import LongDocuments
+
+    try:
+        return LongDocuments(args.long_documents, args.chunk_tokens, args.chunk_stride, args.chunk_aggregate,
+                             args.max_chunks_per_doc)
+    except ValueError as exc:
+        raise RerankrtError(str(exc)) from None
+
+
+def long_document_args(q: argparse.ArgumentParser) -> None:
+    """What to do with documents longer than max_length (engine/chunking.py), for every scoring command."""
+    q.add_argument("--long-documents", choices=["truncate", "chunk"], default="truncate",
+                   help="truncate (default, as sentence-transformers) or chunk: score windows of the document "
+                        "beside the query and aggregate them")
+    q.add_argument("--chunk-tokens", type=int, help="document tokens per window (default: all that fit)")
+    q.add_argument("--chunk-stride", type=int, help="tokens between window starts (default: half a window)")
+    q.add_argument("--chunk-aggregate", choices=["max", "mean", "first"], default="max")
+    q.add_argument("--max-chunks-per-doc", type=int, help="windows scored per document at most")
 
 
 def _number(text: str, kind: type, what: str) -> int | float:
@@ -315,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--precision", default="fp32,int8",
                    help="comma list of fp32, fp16, bf16, int8 (default fp32,int8; bf16 needs openvino)")
+    p.add_argument("--local-attention", choices=["banded", "full"], default="banded",
+                   help="ModernBERT sliding-window layers: banded (blocks of the window, linear in the length; "
+                        "default) or full (n×n scores masked afterwards)")
     p.add_argument("--int8-method", choices=["static", "dynamic"], default="static",
                    help="static: calibrated Q/DQ (default); dynamic: onnxruntime quantize_dynamic")
     p.add_argument("--revision")
@@ -341,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="score pairs: --query Q --doc D ..., or JSONL {query, document} on stdin")
     runtime_args(p)
+    long_document_args(p)
     p.add_argument("--query")
     p.add_argument("--doc", action="append")
     p.add_argument("--activation", help="raw | sigmoid (default: the model's own)")
@@ -349,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rank", help="rank documents for one query")
     runtime_args(p)
+    long_document_args(p)
     p.add_argument("--query", required=True)
     p.add_argument("--doc", action="append", required=True)
     p.add_argument("--top-k", type=int)
@@ -376,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a file of pairs (JSONL, CSV/TSV, Parquet, or a TREC run + BEIR files); "
                        "streaming, resumable, rows in input order")
     runtime_args(p)
+    long_document_args(p)
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--format", help="input format (default: from the file name): jsonl, csv, tsv, parquet, trec")
@@ -408,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", help="rerank the first stage with this artifact")
     p.add_argument("--precision", default="fp32", help="comma list, e.g. fp32,int8: one reranked run each")
     p.add_argument("--backend", default="auto")
+    long_document_args(p)
     p.add_argument("--threads", type=int)
     p.add_argument("--max-length", type=int)
     p.add_argument("--first-stage", help="TREC run of the first stage (default: BM25 with bm25s)")

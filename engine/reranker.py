@@ -20,6 +20,7 @@ import numpy as np
 from .artifact import Artifact, is_artifact_dir, load_artifact
 from .backends import Backend, create_backend
 from .batching import BatchPolicy
+from .chunking import ChunkedLogits, LongDocuments, as_long_documents, score_chunked
 from .errors import ArtifactError, InvalidInputError, InvalidInputTypeError
 from .hub import resolve_model_dir
 from .int8_check import Int8Check
@@ -135,19 +136,35 @@ class Reranker:
 
     def predict(self, pairs: Sequence[Pair] | Pair, batch_size: int | None = None, show_progress_bar: bool = False,
                 activation_fn: str | Callable | None = None, apply_softmax: bool = False,
-                convert_to_numpy: bool = True) -> np.ndarray | float | list:
+                convert_to_numpy: bool = True,
+                long_documents: LongDocuments | str | dict | None = None) -> np.ndarray | float | list:
         """Scores for ``pairs`` in input order, like ``CrossEncoder.predict``.
 
         ``batch_size`` caps the rows per batch (batches are otherwise cut by the token budget);
-        ``activation_fn`` defaults to the model's own (raw logits for Ettin).
+        ``activation_fn`` defaults to the model's own (raw logits for Ettin). ``long_documents``:
+        ``"truncate"`` (default, as sentence-transformers) or ``"chunk"`` / a :class:`LongDocuments`
+        (windows of the document beside the query, aggregated; ``chunking.py``).
         """
+        scores, _ = self._scores(pairs, batch_size, show_progress_bar, activation_fn, apply_softmax, long_documents)
+        single = is_single_pair(pairs)
+        if single:
+            return scores[0] if convert_to_numpy else scores[0].tolist()
+        return scores if convert_to_numpy else scores.tolist()
+
+    def _scores(self, pairs, batch_size, show_progress_bar, activation_fn, apply_softmax, long_documents
+                ) -> tuple[np.ndarray, ChunkedLogits | None]:
+        """predict's work; also returns the windows when documents were chunked (rank reports the best one)."""
         single = is_single_pair(pairs)
         items = normalize_pairs([pairs] if single else pairs)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         resolve_activation(activation_fn, self.activation)  # a bad name fails before any work
+        how = as_long_documents(long_documents)
         policy = self.policy if batch_size is None else dataclasses.replace(
             self.policy, max_batch_size=min(batch_size, self.policy.max_batch_size))
+        if how.chunked and items:
+            chunked = score_chunked(self.backend, self.tokenizer, items, policy, how, self.num_labels)
+            return activate(chunked.logits, activation_fn, self.activation, apply_softmax), chunked
         progress = None
         if show_progress_bar:
             from tqdm.auto import tqdm
@@ -157,15 +174,17 @@ class Reranker:
         finally:
             if progress is not None:
                 progress.close()
-        scores = activate(logits, activation_fn, self.activation, apply_softmax)
-        if single:
-            return scores[0] if convert_to_numpy else scores[0].tolist()
-        return scores if convert_to_numpy else scores.tolist()
+        return activate(logits, activation_fn, self.activation, apply_softmax), None
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None, return_documents: bool = False,
              batch_size: int | None = None, show_progress_bar: bool = False,
-             activation_fn: str | Callable | None = None) -> list[dict]:
-        """``[{"corpus_id", "score"[, "text"]}]`` sorted by score, like ``CrossEncoder.rank``."""
+             activation_fn: str | Callable | None = None,
+             long_documents: LongDocuments | str | dict | None = None) -> list[dict]:
+        """``[{"corpus_id", "score"[, "text"]}]`` sorted by score, like ``CrossEncoder.rank``.
+
+        With chunked documents each item also has ``"chunk"``: the best window's index, the number
+        of windows, and its token and character spans in the document.
+        """
         if not isinstance(query, str):
             raise InvalidInputTypeError(f"query has type {type(query).__name__}; expected a string")
         if isinstance(documents, (str, bytes)) or documents is None:
@@ -179,13 +198,16 @@ class Reranker:
             if not isinstance(doc, str):
                 raise InvalidInputTypeError(
                     f"document {i} has type {type(doc).__name__}; expected a string", i)
-        scores = np.asarray(self.predict([(query, d) for d in docs], batch_size=batch_size,
-                                         show_progress_bar=show_progress_bar, activation_fn=activation_fn))
+        scores, chunked = self._scores([(query, d) for d in docs], batch_size, show_progress_bar, activation_fn,
+                                       False, long_documents)
+        spans = chunked.best_spans() if chunked is not None else None
         results = []
         for i in rank_order(scores, top_k):
             item: dict[str, Any] = {"corpus_id": int(i), "score": float(scores[i])}
             if return_documents:
                 item["text"] = docs[i]
+            if spans is not None:
+                item["chunk"] = spans[i]
             results.append(item)
         return results
 

@@ -83,6 +83,8 @@ class PairTokenizer:
                                 str(tokenizer_file))
         self._tok = tok
         self._encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        self._whole: Tokenizer | None = None  # untruncated, for documents cut into windows (parts())
+        self._template: tuple[list[int], list[int], list[int]] | None = None
         self.max_length = max_length
         self.pad_id = pad_id
 
@@ -98,6 +100,38 @@ class PairTokenizer:
         if not pairs:
             return []
         return [enc.ids for enc in self._encode(pairs, add_special_tokens=True)]
+
+    def parts(self, pairs: list[Pair]) -> tuple[list[list[int]], list[list[int]], list[list[tuple[int, int]]]]:
+        """Query ids, whole document ids (no special tokens, no truncation) and each document token's
+        character span: what ``chunking.make_windows`` cuts. A pair's ``encode`` is
+        ``[CLS] q [SEP] d [SEP]`` of exactly these ids when it fits, so one window equals ``truncate``."""
+        if not pairs:
+            return [], [], []
+        if self._whole is None:
+            from tokenizers import Tokenizer
+
+            whole = Tokenizer.from_str(self._tok.to_str())
+            whole.no_truncation()
+            whole.no_padding()
+            self._whole = whole
+        encode = getattr(self._whole, "encode_batch_fast", self._whole.encode_batch)
+        queries = [enc.ids for enc in encode([q for q, _ in pairs], add_special_tokens=False)]
+        docs = self._whole.encode_batch([d for _, d in pairs], add_special_tokens=False)  # offsets needed
+        return queries, [enc.ids for enc in docs], [enc.offsets for enc in docs]
+
+    @property
+    def pair_template(self) -> tuple[list[int], list[int], list[int]]:
+        """The special tokens around a pair's parts: before the query, between, after the document
+        (``[CLS]``, ``[SEP]``, ``[SEP]`` for ModernBERT/BERT; ``<s>``, ``</s></s>``, ``</s>`` for RoBERTa-likes),
+        read from the tokenizer's own post-processor, so windows are built the way it builds pairs."""
+        if self._template is None:
+            q = self._tok.encode("query", add_special_tokens=False).ids
+            d = self._tok.encode("document", add_special_tokens=False).ids
+            both = self._tok.encode("query", "document", add_special_tokens=True).ids
+            i = next(i for i in range(len(both)) if both[i:i + len(q)] == q)
+            j = next(j for j in range(i + len(q), len(both)) if both[j:j + len(d)] == d)
+            self._template = (both[:i], both[i + len(q):j], both[j + len(d):])
+        return self._template
 
     def encode_with_truncation(self, pairs: list[Pair]) -> tuple[list[list[int]], np.ndarray]:
         """Token ids and, per pair, whether truncation cut it (for limits, usage and summaries)."""

@@ -39,6 +39,17 @@ MASK_VALUE = -30000.0
 # run) OpenVINO bf16 went 296 → 311 pairs/s with the layout alone and 405 → 430 once fused; equal
 # on onnxruntime. It is the default.
 ROPE_FORMS = ("half", "rotate_half")  # large enough to zero a softmax term, small enough for fp16
+# How the sliding-window layers attend: "full" computes n×n scores and masks the window afterwards
+# (quadratic in every layer); "banded" cuts the sequence into blocks of window/2 queries that attend
+# to the 3 × window/2 keys of their own and the two neighbouring blocks (exact: the window's keys
+# are inside them, the rest is masked), so those layers cost n × 1.5·window instead of n².
+LOCAL_ATTENTION_FORMS = ("full", "banded")
+# Up to this many tokens the banded form is one block of the whole batch width (= the n×n form): blocks
+# pay for padding to whole blocks and for three key blocks per query block, 1.5x the n×n scores at 128
+# tokens. Measured (benchmarks/bench_long.py, distilled 17m, fp32, before this switch, long-20261203-1852):
+# blocks were 0.85-0.87x the n×n form at 16 × 128 tokens on both backends, 0.95-1.03x at 8 × 256,
+# 1.06-1.16x at 4 × 512.
+ONE_BLOCK_UP_TO = 256
 
 
 class ModernBertSpec:
@@ -79,10 +90,13 @@ class _ModernBertGraph:
     """Emits the graph; one method per block, in the order the data flows."""
 
     def __init__(self, src: SourceModel, cls_only_last_layer: bool, rope_form: str = "rotate_half",
-                 external: ExternalDataWriter | None = None) -> None:
+                 external: ExternalDataWriter | None = None, local_attention: str = "banded") -> None:
         if rope_form not in ROPE_FORMS:
             raise ValueError(f"rope_form must be one of {ROPE_FORMS}, got {rope_form!r}")
+        if local_attention not in LOCAL_ATTENTION_FORMS:
+            raise ValueError(f"local_attention must be one of {LOCAL_ATTENTION_FORMS}, got {local_attention!r}")
         self.rope_form = rope_form
+        self.banded = local_attention == "banded"
         self.src = src
         self.spec = ModernBertSpec(src.config)
         self.w = src.load_backbone_weights()
@@ -175,19 +189,134 @@ class _ModernBertGraph:
             tables[kind] = (g.op("Cos", [freqs], f"cos_{kind}"), g.op("Sin", [freqs], f"sin_{kind}"))
         return tables
 
+    def band_layout(self, input_ids: str) -> None:
+        """Per batch, how the sliding layers cut the sequence: the block, its neighbours, the padding.
+
+        Past :data:`ONE_BLOCK_UP_TO` tokens: blocks of ``window/2`` queries, each with the previous, own and
+        next block of keys (the sequence padded to whole blocks, plus one block of keys on each side).
+        Up to it: one block of the whole sequence with no neighbours, i.e. the n×n form (1.5x fewer scores
+        than blocks at 128 tokens). Decided from the batch's width inside the graph with arithmetic on
+        shapes only (no ``If``), so it is one graph of standard ops for every backend and precision pass.
+        """
+        g, half = self.g, self.spec.window_half
+        seq = g.op("Slice", [g.op("Shape", [input_ids]), g.const([1]), g.const([2])], "seq_len_1d")  # [1]
+        self.batch_1d = g.op("Slice", [g.op("Shape", [input_ids]), g.const([0]), g.const([1])], "batch_1d")
+        blocked = g.op("Cast", [g.op("Greater", [seq, g.const([ONE_BLOCK_UP_TO])])], "blocked", to=INT64)  # 1 or 0
+        whole = g.op("Sub", [g.const([1]), blocked])
+        # block = half when blocked, else the whole sequence; pad the tail to whole blocks only when blocked
+        self.block = g.op("Add", [g.op("Mul", [blocked, g.const([half])]), g.op("Mul", [whole, seq])], "block")
+        tail = g.op("Mul", [blocked, g.op("Mod", [g.op("Sub", [g.const([half]), g.op("Mod", [seq, g.const([half])])]),
+                                                  g.const([half])])], "band_tail")  # (-S) mod half, or 0
+        side = g.op("Mul", [blocked, self.block], "band_side")  # keys padded on each side: a block, or none
+        self.seq_1d = seq
+        self.q_pads = g.op("Concat", [g.const([0, 0, 0, 0, 0, 0]), tail, g.const([0])], "q_pads", axis=0)
+        self.kv_pads = g.op("Concat", [g.const([0, 0]), side, g.const([0, 0, 0]), g.op("Add", [tail, side]),
+                                       g.const([0])], "kv_pads", axis=0)
+        self.mask_pads = g.op("Concat", [g.const([0]), side, g.const([0]), g.op("Add", [tail, side])],
+                              "mask_pads", axis=0)
+        n_blocks = g.op("Div", [g.op("Add", [seq, tail]), self.block])  # [1]
+        neighbours = g.op("Add", [g.const([1]), g.op("Mul", [blocked, g.const([2])])], "neighbours")  # 3 or 1
+        self.band_keys = g.op("Mul", [neighbours, self.block], "band_keys")  # keys per query block
+        first = g.op("Unsqueeze", [g.op("Range", [g.const(0), g.op("Squeeze", [n_blocks, g.const([0])]),
+                                                  g.const(1)]), g.const([1])])  # [nb, 1]
+        offsets = g.op("Unsqueeze", [g.op("Range", [g.const(0), g.op("Squeeze", [neighbours, g.const([0])]),
+                                                    g.const(1)]), g.const([0])])  # [1, 3 or 1]
+        self.band_index = g.op("Add", [first, offsets], "band_index")  # [nb, 3]: i, i+1, i+2 (or [[0]])
+        # the window over (query r of a block, key c of its band): key - query = c - side - r
+        r = g.op("Unsqueeze", [g.op("Range", [g.const(0), g.op("Squeeze", [self.block, g.const([0])]), g.const(1)]),
+                               g.const([1])])
+        c = g.op("Unsqueeze", [g.op("Range", [g.const(0), g.op("Squeeze", [self.band_keys, g.const([0])]),
+                                              g.const(1)]), g.const([0])])
+        dist = g.op("Abs", [g.op("Sub", [g.op("Sub", [c, side]), r])])
+        self.band_window = g.op("Where", [g.op("Greater", [dist, g.const(half)]), g.const(MASK_VALUE, np.float32),
+                                          g.const(0.0, np.float32)], "band_window")  # [block, band_keys]
+
+    def neighbour_blocks(self, x: str, axis: int) -> str:
+        """[..., padded length, ...] → [..., nb, band_keys, ...]: each block with its neighbours' keys.
+
+        ``x`` is padded by the side blocks; it is cut into blocks along ``axis`` and one ``Gather`` with
+        :meth:`band_layout`'s indices copies every block's neighbours at once (slices + concat made four
+        copies, most of the band's cost at short lengths).
+        """
+        g = self.g
+        tail = [g.const([self.spec.head_dim])] if axis == 2 else []
+        shape = g.op("Concat", [g.const([0] * axis + [-1]), self.block, *tail], axis=0)
+        blocks = g.op("Reshape", [x, shape], "blocks")  # [..., nb + 2·side, block, ...]
+        gathered = g.op("Gather", [blocks, self.band_index], "band_gather", axis=axis)  # [..., nb, 3, block, ...]
+        shape = g.op("Concat", [g.const([0] * (axis + 1)), self.band_keys, *tail], axis=0)
+        return g.op("Reshape", [gathered, shape], "band")
+
+    def band_bias(self, mask_f: str) -> str:
+        """[B,h·nb,block,band_keys]: padding of the neighbouring keys (and of the rounding) + the window."""
+        g = self.g
+        padded = g.op("Pad", [mask_f, self.mask_pads], "mask_band_pad")  # zeros outside the sequence
+        keys = self.neighbour_blocks(padded, axis=1)  # [B, nb, band_keys]
+        pad = g.op("Mul", [g.op("Sub", [keys, g.const(1.0, np.float32)]), g.const(-MASK_VALUE, np.float32)])
+        pad = g.op("Unsqueeze", [pad, g.const([1, 3])])  # [B,1,nb,1,band_keys]
+        bias = g.op("Add", [pad, self.band_window])  # [B,1,nb,block,band_keys]
+        heads = g.op("Concat", [self.batch_1d, g.const([self.spec.heads, 1, 1, 1])], axis=0)
+        bias = g.op("Expand", [bias, heads])  # [B,h,nb,block,band_keys]: once per batch, shared by the layers
+        shape = g.op("Concat", [g.const([0, -1]), self.block, self.band_keys], axis=0)
+        return g.op("Reshape", [bias, shape], "band_bias")  # [B,h·nb,block,band_keys], as the scores
+
+    def banded_attention(self, q: str, k: str, v: str, bias: str) -> str:
+        """Sliding-window attention on [B,h,S,d] q/k/v in blocks; returns the context as [B,h,S,d].
+
+        The blocks join the head axis ([B, h·nb, block, d], a reshape of [B,h,nb,block,d]: no copy), so
+        the core is the usual 4-D MatMul → Add → Softmax → MatMul that backends fuse (OpenVINO's attention
+        fusion did not take a 5-D form: 0.83x the n×n form at 16 × 128 tokens, long-20261203-1916), and
+        no transpose is added around it; the bias is laid out per head once per batch (:meth:`band_bias`).
+        """
+        g, spec = self.g, self.spec
+        h, d = spec.heads, spec.head_dim
+        per_head_blocks = g.op("Concat", [g.const([0, -1]), self.block, g.const([d])], axis=0)
+        qb = g.op("Reshape", [g.op("Pad", [q, self.q_pads]), per_head_blocks], "q_blocks")  # [B,h·nb,block,d]
+        keys_shape = g.op("Concat", [g.const([0, -1]), self.band_keys, g.const([d])], axis=0)
+        kb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [k, self.kv_pads]), axis=2), keys_shape])
+        vb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [v, self.kv_pads]), axis=2), keys_shape])
+        scores = g.op("MatMul", [qb, g.op("Transpose", [kb], perm=[0, 1, 3, 2])], "band_scores")
+        probs = g.op("Softmax", [g.op("Add", [scores, bias])], "band_probs", axis=-1)  # [B,h·nb,block,keys]
+        ctx = g.op("Reshape", [g.op("MatMul", [probs, vb]), g.const([0, h, -1, d])])  # [B,h,Sp,d]
+        return g.op("Slice", [ctx, g.const([0]), self.seq_1d, g.const([2])], "band_ctx")  # [B,h,S,d]
+
     def attention_biases(self, attention_mask: str, pos: str) -> dict[str, str]:
-        """Additive biases: padding for global layers, padding + |i-j| > window for sliding ones."""
+        """Additive biases: padding for global layers, padding + |i-j| > window for sliding ones
+        (as blocks for the banded form; as an n×n mask only where a sliding layer attends in full)."""
         g = self.g
         mask_f = g.op("Cast", [attention_mask], "mask_f", to=FLOAT)
         pad = g.op("Mul", [g.op("Sub", [mask_f, g.const(1.0, np.float32)]), g.const(-MASK_VALUE, np.float32)])
         pad = g.op("Unsqueeze", [pad, g.const([1, 2])], "pad_bias")  # [B,1,1,S]
-        dist = g.op("Abs", [g.op("Sub", [g.op("Unsqueeze", [pos, g.const([1])]),
-                                         g.op("Unsqueeze", [pos, g.const([0])])])])
-        far = g.op("Greater", [dist, g.const(self.spec.window_half)])
-        window = g.op("Where", [far, g.const(MASK_VALUE, np.float32), g.const(0.0, np.float32)], "window")  # [S,S]
-        biases = {"full_attention": pad, "sliding_attention": g.op("Add", [pad, window], "local_bias")}
+        biases = {"full_attention": pad}
+        if self.banded and self.sliding_banded_layers():
+            biases["sliding_attention_band"] = self.band_bias(mask_f)
+        if not self.banded_everywhere() or self.cls_only:
+            biases.update(self.window_biases(pad, pos))
+        return biases
+
+    def sliding_banded_layers(self) -> list[int]:
+        """The layers computed in the banded form: sliding ones that run every query row."""
+        spec = self.spec
+        return [i for i, kind in enumerate(spec.layer_types) if kind == "sliding_attention" and self.banded
+                and not (self.cls_only and i == spec.layers - 1)]
+
+    def banded_everywhere(self) -> bool:
+        sliding = [i for i, kind in enumerate(self.spec.layer_types) if kind == "sliding_attention"]
+        return set(sliding) == set(self.sliding_banded_layers())
+
+    def window_biases(self, pad: str, pos: str) -> dict[str, str]:
+        """The n×n sliding-window bias (only where a sliding layer attends in full), and the CLS-row
+        biases of a CLS-only last layer (row 0 of the window: positions past window/2 masked)."""
+        g = self.g
+        biases = {}
+        if not self.banded_everywhere():
+            dist = g.op("Abs", [g.op("Sub", [g.op("Unsqueeze", [pos, g.const([1])]),
+                                             g.op("Unsqueeze", [pos, g.const([0])])])])
+            far = g.op("Greater", [dist, g.const(self.spec.window_half)])
+            window = g.op("Where", [far, g.const(MASK_VALUE, np.float32), g.const(0.0, np.float32)], "window")
+            biases["sliding_attention"] = g.op("Add", [pad, window], "local_bias")  # [B,1,S,S]
         if self.cls_only:  # the CLS query row only: [B,1,1,S]
-            row0 = g.op("Slice", [window, g.const([0]), g.const([1]), g.const([0])])
+            far0 = g.op("Greater", [pos, g.const(self.spec.window_half)])
+            row0 = g.op("Where", [far0, g.const(MASK_VALUE, np.float32), g.const(0.0, np.float32)], "window_row0")
             biases["full_attention_cls"] = pad
             biases["sliding_attention_cls"] = g.op("Add", [pad, row0], "local_bias_cls")
         return biases
@@ -223,6 +352,18 @@ class _ModernBertGraph:
 
         q, k, v = proj(0, scale), proj(1), proj(2)
         tables = self.rope_all[spec.layer_types[i]]
+        if rope is not None and i in self.banded_layers:  # every query row, sliding window: in blocks
+            if self.rope_form == "half":
+                q = g.op("Transpose", [self.rope(q, *tables)], perm=[0, 2, 1, 3])
+                k = g.op("Transpose", [self.rope(k, *tables)], perm=[0, 2, 1, 3])
+            else:
+                q = self.rope(g.op("Transpose", [q], perm=[0, 2, 1, 3]), *tables)
+                k = self.rope(g.op("Transpose", [k], perm=[0, 2, 1, 3]), *tables)
+            v = g.op("Transpose", [v], "v", perm=[0, 2, 1, 3])
+            ctx = self.banded_attention(q, k, v, bias)
+            ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3]), g.const([0, 0, H])], "ctx")
+            return self.linear(ctx, f"layers.{i}.attn.Wo", self.tensor(f"layers.{i}.attn.Wo.weight"),
+                               self.w.get(f"layers.{i}.attn.Wo.bias"))
         if self.rope_form == "half":  # rotate on [B,S,h,d], then lay out for the matmuls
             k = g.op("Transpose", [self.rope(k, *tables)], "k", perm=[0, 2, 3, 1])  # [B,h,d,S]
             if rope is not None:
@@ -262,7 +403,8 @@ class _ModernBertGraph:
             q_in = g.op("Slice", [normed, *row0], "cls_q")
             attn = self.attention(i, q_in, normed, biases[f"{kind}_cls"], rope=None)
         else:
-            attn = self.attention(i, normed, normed, biases[kind], rope=self.rope_all[kind])
+            bias = biases["sliding_attention_band"] if i in self.banded_layers else biases[kind]
+            attn = self.attention(i, normed, normed, bias, rope=self.rope_all[kind])
         x = g.op("Add", [x, attn], "resid_attn")
         return g.op("Add", [x, self.mlp(i, self.layer_norm(x, f"layers.{i}.mlp_norm"))], "resid_mlp")
 
@@ -293,9 +435,12 @@ class _ModernBertGraph:
         input_ids = g.add_input("input_ids", INT64, ["batch", "sequence"])
         attention_mask = g.add_input("attention_mask", INT64, ["batch", "sequence"])
         x = self.embeddings(input_ids)
+        self.banded_layers = set(self.sliding_banded_layers())
         with g.keep_fp32():
             pos, pos_f = self.positions(input_ids)
             self.rope_all = self.rope_tables(pos_f)
+            if self.banded_layers:
+                self.band_layout(input_ids)
             biases = self.attention_biases(attention_mask, pos)
         for i in range(spec.layers):
             x = self.encoder_layer(i, x, biases, cls_only=self.cls_only and i == spec.layers - 1)
@@ -306,8 +451,8 @@ class _ModernBertGraph:
 
 
 def build_modernbert_graph(src: SourceModel, cls_only_last_layer: bool = True,
-                           rope_form: str = "rotate_half", external: ExternalDataWriter | None = None
-                           ) -> onnx.ModelProto:
+                           rope_form: str = "rotate_half", external: ExternalDataWriter | None = None,
+                           local_attention: str = "banded") -> onnx.ModelProto:
     """The native fast graph for ModernBERT backbones (Ettin modular and classic ModernBERT).
 
     With ``external`` the weights are appended to its data file as they are made (the returned
@@ -315,7 +460,7 @@ def build_modernbert_graph(src: SourceModel, cls_only_last_layer: bool = True,
     """
     if src.model_type != "modernbert":
         raise UnsupportedModelError(f"native graph builder handles modernbert, not {src.model_type!r}")
-    return _ModernBertGraph(src, cls_only_last_layer, rope_form, external).build()
+    return _ModernBertGraph(src, cls_only_last_layer, rope_form, external, local_attention).build()
 
 
 def export_with_torch(src: SourceModel, path: Path, opset: int = 17) -> None:
@@ -336,8 +481,11 @@ def export_with_torch(src: SourceModel, path: Path, opset: int = 17) -> None:
                                         "logits": {0: "batch"}})
 
 
-def build_graph(src: SourceModel, path: Path, external: bool | None = None) -> str:
+def build_graph(src: SourceModel, path: Path, external: bool | None = None,
+                local_attention: str = "banded") -> str:
     """Write the fp32 graph for ``src`` to ``path``; returns the graph form used.
+
+    ``local_attention`` is the form of ModernBERT's sliding-window layers (:data:`LOCAL_ATTENTION_FORMS`).
 
     The weights go to ``<path>.data`` when their fp32 size passes
     :data:`~.external_data.EXTERNAL_DATA_FROM_BYTES` (decided from the weights file's header,
@@ -348,7 +496,7 @@ def build_graph(src: SourceModel, path: Path, external: bool | None = None) -> s
             external = src.weight_bytes_fp32() > EXTERNAL_DATA_FROM_BYTES
         writer = ExternalDataWriter(path) if external else None
         try:
-            model = build_modernbert_graph(src, external=writer)
+            model = build_modernbert_graph(src, external=writer, local_attention=local_attention)
         finally:
             if writer is not None:
                 writer.close()

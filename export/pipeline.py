@@ -22,7 +22,7 @@ from rerankrt.engine.selection import installed
 from rerankrt.engine.tokenize import PairTokenizer
 
 from . import artifact_writer, calibration, parity
-from .graph import build_graph
+from .graph import LOCAL_ATTENTION_FORMS, build_graph
 from .passes import PassContext, write_precision
 from .source import SourceModel, read_source
 
@@ -48,7 +48,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
            calibration_file: str | Path | None = None,
            tolerances: dict[str, parity.Tolerance] | None = None, allow_parity_failure: bool = False,
            overwrite: bool = False, threads: int | None = None, int8_method: str = "static",
-           gate_pairs: int | None = None, check_memory: bool = True,
+           gate_pairs: int | None = None, check_memory: bool = True, local_attention: str = "banded",
            log: Callable[[str], None] | None = print) -> Path:
     """Export ``model`` (hub id or directory) to a verified artifact in ``output_dir``.
 
@@ -57,9 +57,13 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     Progress goes to the ``rerankrt.export`` logger and, unless ``log`` is None, to ``log``.
     ``gate_pairs`` caps the built-in pairs the gate scores (by default they adapt to the model's size:
     :func:`calibration.gate_size`). ``check_memory`` refuses, before anything starts, an export the
-    machine's available memory cannot hold (:data:`EXPORT_BYTES_PER_WEIGHT_BYTE`).
+    machine's available memory cannot hold (:data:`EXPORT_BYTES_PER_WEIGHT_BYTE`). ``local_attention``:
+    how ModernBERT's sliding-window layers attend, ``banded`` (blocks, linear in the length) or ``full``
+    (n×n scores masked afterwards, the form before banded existed).
     """
     precisions = _check_request(precisions, int8_method)
+    if local_attention not in LOCAL_ATTENTION_FORMS:
+        raise ValueError(f"local_attention must be one of {LOCAL_ATTENTION_FORMS}, got {local_attention!r}")
     output_dir = Path(output_dir)
     artifact_writer.refuse_overwrite(output_dir, overwrite)
     say, started = _reporter(log), time.perf_counter()
@@ -95,12 +99,15 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     with artifact_writer.staging_dir(output_dir) as staging:
         say(f"[3/6] building the fp32 graph ({src.model_type}, {src.layout} layout, pooling={src.pooling})")
         fp32_path = staging / graph_file_name("fp32")
-        graph_form = build_graph(src, fp32_path)
-        graphs = {"fp32": {"file": fp32_path.name, "graph_form": graph_form}}
+        graph_form = build_graph(src, fp32_path, local_attention=local_attention)
+        form = {"graph_form": graph_form}
+        if graph_form == "native-modernbert":
+            form["local_attention"] = local_attention
+        graphs = {"fp32": {"file": fp32_path.name, **form}}
         context = PassContext(_encoder_layers(src), calibration.quantization_batches(tokenizer, size))
         for precision in precisions[1:]:
             say(f"[4/6] writing the {precision} graph")
-            graphs[precision] = {"graph_form": graph_form,
+            graphs[precision] = {**form,
                                  **write_precision(precision, fp32_path, context, int8_method)}
             _release_memory()
 

@@ -496,3 +496,52 @@ def test_auth_is_checked_before_the_body_is_read_and_concurrency_is_capped(reran
         assert server.post("/v1/rerank", {"query": "q", "documents": ["a"]}, headers=key).status_code == 200
     finally:
         server.close()
+
+
+# -- long documents (issue 17): Cohere's max_tokens_per_doc and chunking ------------------------------
+def _whole_tokens(reranker, text: str) -> list[int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(reranker.artifact.tokenizer_path))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok.encode(text, add_special_tokens=False).ids
+
+
+def test_max_tokens_per_doc_cuts_each_document_there(live, reranker):
+    """Cohere v2's per-document cap: the score of each document is that of its first N tokens, scored
+    as a pair of its own (the independent check: the cut made here from the tokenizer, then predict's ids),
+    and the response counts the documents it cut."""
+    query, docs = _docs(n_docs=12)
+    cap = 24
+    r = live.post("/v1/rerank", {"query": query, "documents": docs, "raw_scores": True, "max_tokens_per_doc": cap})
+    assert r.status_code == 200, r.text
+    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    q = _whole_tokens(reranker, query)
+    cut = 0
+    for i, doc in enumerate(docs):
+        d = _whole_tokens(reranker, doc)
+        cut += len(d) > cap
+        ids = [50281, *q, 50282, *d[:min(cap, reranker.max_length - 3 - len(q))], 50282]
+        assert got[i] == pytest.approx(float(reranker.logits_for_token_ids([ids])[0, 0]), abs=1e-5)
+    assert cut and r.json()["usage"]["truncated_documents"] == cut
+    bad = live.post("/v1/rerank", {"query": query, "documents": docs, "max_tokens_per_doc": 0})
+    assert bad.status_code == 422 and "max_tokens_per_doc" in bad.text
+
+
+def test_chunked_documents_through_both_routes_equal_predict(live, reranker):
+    pairs = realistic_pairs(1, 8)
+    query, docs = pairs[0][0], [" ".join([d] * 3) for _, d in pairs]  # several 48-token windows each
+    options = {"strategy": "chunk", "window": 48, "stride": 32, "aggregate": "max"}
+    expected = reranker.predict([(query, d) for d in docs], long_documents=options)
+    r = live.post("/v1/rerank", {"query": query, "documents": docs, "raw_scores": True, "long_documents": options})
+    assert r.status_code == 200, r.text
+    got = np.array([x["relevance_score"] for x in sorted(r.json()["results"], key=lambda x: x["index"])])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    r = live.post("/rerank", {"query": query, "texts": docs, "raw_scores": True, "long_documents": options})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose([x["score"] for x in sorted(r.json(), key=lambda x: x["index"])], expected, atol=1e-5)
+    for bad in ({"strategy": "summarize"}, {"strategy": "chunk", "window": 8, "stride": 16},
+                {"strategy": "chunk", "aggregate": "median"}, {"strategy": "chunk", "overlap": 2}):
+        r = live.post("/v1/rerank", {"query": query, "documents": docs, "long_documents": bad})
+        assert r.status_code == 422, (bad, r.text)

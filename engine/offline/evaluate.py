@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..chunking import LongDocuments, describe
 from ..errors import RerankrtError
 from . import ireval
 from .runner import ScoreJob, score_file
@@ -54,7 +55,8 @@ def evaluate_beir(beir: Path, *, split: str = "test", artifact: str | None = Non
                   max_length: int | None = None, first_stage: Path | None = None, depth: int = 100,
                   runs: Sequence[Path] = (), metrics: Sequence[str] = ireval.DEFAULT_METRICS,
                   out_dir: Path | None = None, with_title: bool = True, progress: bool = True,
-                  log: Callable[[str], None] = _to_stderr) -> EvalReport:
+                  log: Callable[[str], None] = _to_stderr, long_documents: LongDocuments | None = None
+                  ) -> EvalReport:
     """Evaluate the first stage (``first_stage``, else BM25 to ``depth``), each of ``runs`` and, with
     ``artifact``, the first stage reranked at each of ``precisions``; runs are written to ``out_dir``
     (default ``./eval-<dataset>``)."""
@@ -86,14 +88,15 @@ def evaluate_beir(beir: Path, *, split: str = "test", artifact: str | None = Non
             reranker = Reranker.from_pretrained(artifact, precision=precision, backend=backend, threads=threads,
                                                 max_length=max_length)
             out = out_dir / f"reranked-{precision}.trec"
-            scorer = ChunkScorer.in_process(reranker)
+            scorer = ChunkScorer.in_process(reranker, long_documents=long_documents)
             try:
                 summary = score_file(ScoreJob(first_path, out, corpus=beir / "corpus.jsonl",
                                               queries=beir / "queries.jsonl", depth=depth, with_title=with_title),
                                      scorer, overwrite=True, progress=progress)
             finally:
                 scorer.close()
-            rows.append((f"rerankrt {precision} ({reranker.backend.name}, top {depth})",
+            how = "" if long_documents is None or not long_documents.chunked else f", {describe(long_documents)}"
+            rows.append((f"rerankrt {precision} ({reranker.backend.name}, top {depth}{how})",
                          ireval.evaluate(qrels, ireval.read_run(out), metrics)))
             log(f"  {precision}: {summary.describe()}")
     return EvalReport(beir.name, len(queries), len(corpus), out_dir, metrics, rows)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..chunking import LongDocuments
 from ..errors import RerankrtError
 from .records import (
     BadRowError,
@@ -260,7 +261,7 @@ def score_file(job: ScoreJob, scorer: ChunkScorer, resume: bool = False, overwri
 def score_file_with_artifact(job: ScoreJob, artifact: str, *, precision: str = "auto", backend: str = "auto",
                              threads: int | None = None, max_length: int | None = None, workers: int | None = None,
                              activation: str | None = None, resume: bool = False, overwrite: bool = False,
-                             progress: bool = True) -> Summary:
+                             progress: bool = True, long_documents: LongDocuments | None = None) -> Summary:
     """:func:`score_file` with the scorer built for ``artifact`` (a directory or hub id).
 
     ``workers`` processes of one thread each, or this process with ``threads``; by default one
@@ -278,13 +279,17 @@ def score_file_with_artifact(job: ScoreJob, artifact: str, *, precision: str = "
     # which model and precision will score, without loading it here (worker processes load their own)
     loaded = load_artifact(resolve_model_dir(artifact)[0])
     chosen = choose_precision(loaded, precision, "cpu")
-    job = replace(job, model_id=f"{loaded.directory}:{chosen}:{max_length or loaded.max_length}")
+    model_id = f"{loaded.directory}:{chosen}:{max_length or loaded.max_length}"
+    if long_documents is not None and long_documents.chunked:  # chunked scores must not be mixed with truncated ones
+        model_id += f":{long_documents}"
+    job = replace(job, model_id=model_id)
     if workers is None:
         workers = 1 if threads else physical_cores()
     if workers > 1:
-        scorer = ChunkScorer.processes(artifact, workers, {**options, "threads": 1}, activation)
+        scorer = ChunkScorer.processes(artifact, workers, {**options, "threads": 1}, activation, long_documents)
     else:
-        scorer = ChunkScorer.in_process(Reranker.from_pretrained(artifact, threads=threads, **options), activation)
+        scorer = ChunkScorer.in_process(Reranker.from_pretrained(artifact, threads=threads, **options), activation,
+                                        long_documents)
     try:
         return score_file(job, scorer, resume=resume, overwrite=overwrite, progress=progress)
     finally:

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from ..chunking import LongDocuments, score_chunked
 from ..lifetime import exit_with_parent
 from ..reranker import Reranker
 from ..scoring import Encoded, activate
@@ -38,19 +39,34 @@ def infer_tokens(reranker: Reranker, encoded: Encoded, activation: str | None) -
     return ChunkScores(scores, encoded.tokens, int(encoded.truncated.sum()))
 
 
+def infer_windows(reranker: Reranker, pairs: list[tuple[str, str]], activation: str | None,
+                  long_documents: LongDocuments) -> ChunkScores:
+    """Chunked documents (``chunking.py``): windows → the same batches → aggregated per pair. ``tokens``
+    counts every window's tokens (what was computed); ``truncated`` the pairs that lost text
+    (windows past ``max_chunks_per_doc``, or a query cut to leave room for the document)."""
+    chunked = score_chunked(reranker.backend, reranker.tokenizer, pairs, reranker.policy, long_documents,
+                            reranker.num_labels)
+    return ChunkScores(activate(chunked.logits, activation, reranker.activation),
+                       sum(len(t) for t in chunked.windows.token_ids), int(chunked.windows.dropped.sum()))
+
+
 # -- worker processes (module-level: picklable) --------------------------------------------------
 _WORKER: dict = {}
 
 
-def _init_worker(artifact: str, options: dict, activation: str | None, parent: int | None = None) -> None:
+def _init_worker(artifact: str, options: dict, activation: str | None, parent: int | None = None,
+                 long_documents: LongDocuments | None = None) -> None:
     # the watchdog first: loading can take seconds, and a parent may die during it
     exit_with_parent(os.getppid() if parent is None else parent)
     _WORKER["reranker"] = Reranker.from_pretrained(artifact, **options)
     _WORKER["activation"] = activation
+    _WORKER["long_documents"] = long_documents
 
 
 def _score_in_worker(pairs: list[tuple[str, str]]) -> ChunkScores:
-    reranker = _WORKER["reranker"]
+    reranker, how = _WORKER["reranker"], _WORKER.get("long_documents")
+    if how is not None and how.chunked:
+        return infer_windows(reranker, pairs, _WORKER["activation"], how)
     return infer_tokens(reranker, reranker.encode(pairs), _WORKER["activation"])
 
 
@@ -73,7 +89,8 @@ class ChunkScorer:
         self._submit, self._executor, self.depth, self.describe = submit, executor, depth, describe
 
     @classmethod
-    def in_process(cls, reranker: Reranker, activation: str | None = None) -> ChunkScorer:
+    def in_process(cls, reranker: Reranker, activation: str | None = None,
+                   long_documents: LongDocuments | None = None) -> ChunkScorer:
         """Two stages, one thread each: chunk k+1 is tokenized while chunk k runs on the backend.
 
         Tokenizing is ~7% of the time of scoring (17m, max_length 128); done in line it showed as
@@ -83,6 +100,8 @@ class ChunkScorer:
         inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerankrt-score")
 
         def submit(pairs: list[tuple[str, str]]) -> Future:
+            if long_documents is not None and long_documents.chunked:
+                return inference.submit(infer_windows, reranker, pairs, activation, long_documents)
             tokenized = tokenizer.submit(reranker.encode, pairs)
             return inference.submit(lambda: infer_tokens(reranker, tokenized.result(), activation))
 
@@ -90,13 +109,15 @@ class ChunkScorer:
                    describe=f"1 process × {reranker.backend.name} {reranker.precision}")
 
     @classmethod
-    def processes(cls, artifact: str, workers: int, options: dict, activation: str | None = None) -> ChunkScorer:
+    def processes(cls, artifact: str, workers: int, options: dict, activation: str | None = None,
+                  long_documents: LongDocuments | None = None) -> ChunkScorer:
         import multiprocessing
 
         executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker,
                                        # spawn: the workers' parent is this process (not a fork server)
-                                       initargs=(str(artifact), options, activation, os.getpid()))
+                                       initargs=(str(artifact), options, activation, os.getpid(),
+                                                 long_documents))
         return cls(lambda pairs: executor.submit(_score_in_worker, pairs), executor, depth=workers + 1,
                    describe=f"{workers} processes × {options.get('threads', 1)} thread(s)")
 

@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..chunking import LongDocuments, aggregate, make_windows
 from ..reranker import Reranker
 from ..scoring import Encoded, activate, rank_order
 from .admission import Permits, TokenizePool
@@ -199,15 +200,29 @@ class ServerState:
                            f"{sorted(self.models)}")
         return name, self.models[name]
 
-    def _estimate_tokens(self, name: str, reranker: Reranker, query: str, texts: list[str]) -> int:
+    def _estimate_tokens(self, name: str, reranker: Reranker, query: str, texts: list[str],
+                         how: LongDocuments | None = None) -> int:
         """Tokens of the pairs, estimated from their length in characters (before tokenizing).
 
         Characters per token are learned from this model's traffic (a moving average over pairs that
-        were not truncated); each pair counts at most the model's ``max_length``.
+        were not truncated); each pair counts at most the model's ``max_length``, or, with chunked
+        documents, twice its text (windows overlap by half by default) up to ``max_chunks_per_doc`` windows.
         """
         per_token = self._chars_per_token.get(name, 4.0)
         cap, q = reranker.max_length, len(query)
+        if how is not None and how.chunked:
+            limit = cap * how.max_chunks_per_doc if how.max_chunks_per_doc else math.inf
+            return int(sum(min(limit, 2 * (q + len(t)) / per_token + 3) for t in texts))
         return int(sum(min(cap, (q + len(t)) / per_token + 3) for t in texts))
+
+    def _windows(self, name: str, reranker: Reranker, query: str, texts: list[str], how: LongDocuments):
+        """In a pool thread: the documents cut into windows beside the query (``chunking.make_windows``)."""
+        started = time.perf_counter()
+        tokenizer = reranker.tokenizer
+        queries, docs, offsets = tokenizer.parts([(query, t) for t in texts])
+        windows = make_windows(queries, docs, offsets, tokenizer.max_length, tokenizer.pair_template, how)
+        self.metrics.tokenize_time.labels(name).observe(time.perf_counter() - started)
+        return windows
 
     def _encode(self, name: str, reranker: Reranker, query: str, texts: list[str]) -> Encoded:
         """In a pool thread: tokenize, and learn characters per token for the next estimates."""
@@ -235,15 +250,22 @@ class ServerState:
         texts = body.texts if isinstance(body, TeiRerankRequest) else [
             d if isinstance(d, str) else d.text for d in body.documents]
         scheduler = self.schedulers[name]
+        how = long_documents(body)
         try:
-            reservation = scheduler.check_admission(self._estimate_tokens(name, reranker, body.query, texts),
+            reservation = scheduler.check_admission(self._estimate_tokens(name, reranker, body.query, texts, how),
                                                     deadline, reserve=True)
         except QueueFullError as exc:
             raise ApiError(429, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)},
                            reason=exc.reason) from None
+        windows = None
         try:  # the reservation holds this request's room while it is tokenized; submit takes it
-            encoded = await self.pool.run(self._encode, name, reranker, body.query, texts)
-            token_ids, truncated = encoded.token_ids, encoded.truncated
+            if how.chunked:
+                windows = await self.pool.run(self._windows, name, reranker, body.query, texts, how)
+                encoded = Encoded(windows.token_ids, windows.dropped)
+                token_ids, truncated = encoded.token_ids, windows.dropped
+            else:
+                encoded = await self.pool.run(self._encode, name, reranker, body.query, texts)
+                token_ids, truncated = encoded.token_ids, encoded.truncated
             self._learn_bytes_per_token(name, len(raw), encoded.tokens)
             if truncate is None:
                 asked = getattr(body, "truncate", None)
@@ -268,6 +290,8 @@ class ServerState:
             if reservation is not None:
                 reservation.release()
         logits = await self._await_job(request, job, deadline, timeout)
+        if windows is not None:  # one row per window → one per document
+            logits, _ = aggregate(logits, windows, how.aggregate)
         self.metrics.pairs.labels(name).inc(len(token_ids))
         self.metrics.input_tokens.labels(name).inc(encoded.tokens)
         return body, Scored(name, reranker, logits, encoded.tokens, int(truncated.sum()))
@@ -292,6 +316,22 @@ class ServerState:
         if gone in done:
             raise ApiError(499, "client_closed_request", "the client closed the connection")
         raise _timeout(timeout)
+
+
+def long_documents(body: RerankRequest | TeiRerankRequest) -> LongDocuments:
+    """The request's long-document handling: Cohere's ``max_tokens_per_doc`` is one window of that many
+    document tokens (the document cut there, as Cohere does); ``long_documents`` chunks (rerankrt)."""
+    asked = body.long_documents
+    cap = getattr(body, "max_tokens_per_doc", None)
+    try:
+        if asked is not None and asked.strategy == "chunk":
+            window = min(asked.window, cap) if asked.window and cap else (asked.window or cap)
+            return LongDocuments("chunk", window, asked.stride, asked.aggregate, asked.max_chunks_per_doc)
+        if cap is not None:
+            return LongDocuments("chunk", window=cap, aggregate="first", max_chunks_per_doc=1)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
+    return LongDocuments()
 
 
 def _timeout(timeout: float) -> ApiError:

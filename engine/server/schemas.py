@@ -6,7 +6,8 @@
   ``return_text``, ``truncate``) → ``[{index, score, text?}]`` sorted by score.
 
 Strict types: ``{"query": 5}`` is an error, never the string ``"5"``. Unknown fields are ignored
-(clients send vendor options such as ``max_tokens_per_doc``) except where they change meaning.
+except where they change meaning. Cohere's ``max_tokens_per_doc`` is honoured (each document cut to that
+many tokens: one window of that width, ``chunking.py``); ``long_documents`` (rerankrt) chunks documents.
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ class DocumentObject(BaseModel):
     text: StrictStr
 
 
+class LongDocumentsBody(BaseModel):
+    """rerankrt extension: documents longer than the model reads are cut into windows (``chunking.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["truncate", "chunk"] = "truncate"
+    window: StrictInt | None = Field(default=None, ge=1)
+    stride: StrictInt | None = Field(default=None, ge=1)
+    aggregate: Literal["max", "mean", "first"] = "max"
+    max_chunks_per_doc: StrictInt | None = Field(default=None, ge=1)
+
+
 class RerankRequest(BaseModel):
     model: StrictStr | None = None
     query: StrictStr
@@ -31,6 +43,9 @@ class RerankRequest(BaseModel):
     return_documents: StrictBool = False
     raw_scores: StrictBool = Field(
         default=False, description="rerankrt extension: raw logits instead of sigmoid relevance in [0, 1]")
+    max_tokens_per_doc: StrictInt | None = Field(
+        default=None, ge=1, description="Cohere v2: each document is cut to this many tokens before scoring")
+    long_documents: LongDocumentsBody | None = None
 
 
 class TeiRerankRequest(BaseModel):
@@ -41,3 +56,4 @@ class TeiRerankRequest(BaseModel):
     return_text: StrictBool = False
     truncate: StrictBool | None = None
     truncation_direction: Literal["Right", "right"] = "Right"
+    long_documents: LongDocumentsBody | None = None

@@ -1,0 +1,160 @@
+"""Banded sliding-window attention (issue 17): the blocked form is the reference's maths at every length.
+
+Two independent checks: against sentence-transformers (PyTorch, transformers' own ModernBERT with its
+sliding-window mask) on the distilled 17m at ~512, 2k, 4k and 7,999 tokens, padded together in one
+batch and one pair per batch; and against the full n×n form of the same graph builder on lengths
+around the block edges (1, 63, 64, 65, 127, 128, 129, 191, 192, 193, 300), where an off-by-one in the
+band, the rounding padding or the key masks would show.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from conftest import DISTILLED, SHARED
+
+SCIFACT = SHARED / "data" / "scifact" / "abstracts.jsonl"
+LONG_TARGETS = (512, 2048, 4096, 7999)
+
+
+def _ort(model_bytes: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+
+def _openvino(model_bytes: bytes):
+    ov = pytest.importorskip("openvino")
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(model_bytes), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2})
+    return lambda ids, mask: np.asarray(compiled({"input_ids": ids, "attention_mask": mask})[0])
+
+
+def _padded(lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = np.full((len(lengths), max(lengths)), 50283, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.integers(100, 4000, n)
+        ids[row, 0], ids[row, n - 1] = 50281, 50282
+        mask[row, :n] = 1
+    return ids, mask
+
+
+# batch widths up to ONE_BLOCK_UP_TO (256) run as one block; wider ones in blocks of 64 (window/2)
+ONE_BLOCK = [1, 2, 63, 64, 65, 127, 128, 129, 191, 192, 193, 256]
+BLOCKS = [1, 64, 65, 129, 257, 319, 320, 321, 383, 384, 385, 600]
+
+
+@pytest.mark.parametrize("lengths", [ONE_BLOCK, BLOCKS], ids=["one-block", "blocks"])
+@pytest.mark.parametrize("runtime", [_ort, _openvino], ids=["onnxruntime", "openvino"])
+def test_banded_equals_full_around_block_edges(tiny_model, runtime, lengths):
+    """Same scores as the n×n form for lengths on and beside every block boundary, padded together."""
+    from rerankrt.export.graph import ONE_BLOCK_UP_TO, build_modernbert_graph
+    from rerankrt.export.source import read_source
+
+    src = read_source(str(tiny_model))
+    assert src.config.get("local_attention", 128) == 128 and ONE_BLOCK_UP_TO == 256  # what the lists straddle
+    ids, mask = _padded(lengths)
+    full = runtime(build_modernbert_graph(src, local_attention="full").SerializeToString())
+    banded = runtime(build_modernbert_graph(src, local_attention="banded").SerializeToString())
+    expected = full(ids, mask)
+    assert np.ptp(expected) > 0
+    np.testing.assert_allclose(banded(ids, mask), expected, rtol=0, atol=2e-5)
+    for row, n in enumerate(lengths[:4]):  # alone, unpadded: the rounding padding is the only padding
+        np.testing.assert_allclose(banded(ids[row:row + 1, :n], mask[row:row + 1, :n]), expected[row:row + 1],
+                                   rtol=0, atol=2e-5)
+
+
+def test_banded_graph_has_no_n_by_n_tensor_in_sliding_layers(tiny_model):
+    """The point of the form: past 256 tokens the sliding layers' attention probabilities are
+    [B, h·blocks, 64, 192], never [B,h,S,S]; up to 256 tokens one block of the whole width."""
+    import onnx
+    import onnxruntime as ort
+
+    from rerankrt.export.graph import ModernBertSpec, build_modernbert_graph
+    from rerankrt.export.source import read_source
+
+    src = read_source(str(tiny_model))
+    spec = ModernBertSpec(src.config)
+    model = build_modernbert_graph(src, local_attention="banded")
+    probs = [n.output[0] for n in model.graph.node if n.op_type == "Softmax" and n.output[0].startswith("band_probs")]
+    # every sliding layer but a CLS-only last one (its one query row needs no band)
+    sliding = [i for i, kind in enumerate(spec.layer_types) if kind == "sliding_attention" and i < spec.layers - 1]
+    assert sliding and len(probs) == len(sliding)
+    assert not any(re.fullmatch(r"local_bias_\d+", out) for n in model.graph.node for out in n.output)
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in probs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    half = spec.window_half
+    for width, expected in ((600, (2, spec.heads * -(-600 // half), half, 3 * half)),
+                            (200, (2, spec.heads, 200, 200))):
+        ids, mask = _padded([width, width // 2])
+        for shape in (out.shape for out in session.run(probs, {"input_ids": ids, "attention_mask": mask})):
+            assert shape == expected
+
+
+def _long_pairs(tokenizer) -> list[tuple[str, str]]:
+    """One query, documents of about 512, 2k, 4k and ≥ 7,999 tokens made of scifact abstracts."""
+    if not SCIFACT.is_file():
+        pytest.skip("../shared/data/scifact not present")
+    abstracts = [json.loads(line)["text"] for line in SCIFACT.open(encoding="utf-8")][:600]
+    query = "What is the role of inflammation in insulin resistance?"
+    pairs, doc, i = [], "", 0
+    for target in LONG_TARGETS:
+        while len(tokenizer.encode(doc).ids) < target - 20:
+            doc += (" " if doc else "") + abstracts[i]
+            i += 1
+        pairs.append((query, doc))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def long_reference(distilled_artifact):
+    """sentence-transformers' scores of the long pairs, all four padded into one batch, max_length 7,999."""
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import CrossEncoder
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(DISTILLED / "tokenizer.json"))
+    tokenizer.no_truncation()  # the saved file may carry a truncation (and padding) of its own
+    tokenizer.no_padding()
+    pairs = _long_pairs(tokenizer)
+    model = CrossEncoder(str(DISTILLED), device="cpu", max_length=7999)
+    return pairs, np.asarray(model.predict(pairs, batch_size=len(pairs)), dtype=np.float32)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_banded_graph_matches_sentence_transformers_on_long_documents(distilled_artifact, long_reference, backend):
+    from rerankrt.engine import Reranker
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    pairs, reference = long_reference
+    manifest = json.loads((distilled_artifact / "manifest.json").read_text())
+    assert manifest["graphs"]["fp32"]["local_attention"] == "banded"
+    reranker = Reranker.from_pretrained(distilled_artifact, precision="fp32", backend=backend, max_length=7999)
+    ids = reranker.encode(pairs).token_ids
+    lengths = [len(t) for t in ids]  # documents grow an abstract (~300 tokens) at a time
+    assert lengths[-1] == 7999 and all(t <= n < t + 600 for t, n in zip(LONG_TARGETS[:3], lengths[:3], strict=True))
+    one_per_batch = reranker.predict(pairs)  # the token budget puts each long pair in its own batch
+    tolerance = 1e-4 * max(np.ptp(reference), 1.0)
+    np.testing.assert_allclose(one_per_batch, reference, rtol=0, atol=tolerance)
+    padded = reranker.backend.run(*_batch(ids, reranker.tokenizer.pad_id))[:, 0]  # all four in one batch
+    np.testing.assert_allclose(padded, reference, rtol=0, atol=tolerance)
+
+
+def _batch(token_ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(t) for t in token_ids)
+    ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, t in enumerate(token_ids):
+        ids[row, :len(t)], mask[row, :len(t)] = t, 1
+    return ids, mask
