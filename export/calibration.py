@@ -20,8 +20,8 @@ from rerankrt.engine.batching import Batch, BatchPolicy
 from rerankrt.engine.builtin_pairs import DOC_SENTENCES, builtin_pairs, group_ids
 from rerankrt.engine.tokenize import PairTokenizer
 
-__all__ = ["GATE_LADDER", "TOKEN_BUDGET", "CalibrationSet", "GateSize", "builtin_pairs", "calibration_batches",
-           "gate_size", "group_ids",
+__all__ = ["GATE_LADDER", "TOKEN_BUDGET", "CalibrationSet", "GateSize", "LongCheck", "builtin_pairs",
+           "calibration_batches", "gate_size", "group_ids", "long_check", "LONG_POLICY",
            "load_calibration", "load_pairs_file", "padded_batches", "quantization_batches"]
 
 # A small budget → several batches of mixed lengths, each padded to its own longest row.
@@ -157,3 +157,49 @@ def load_pairs_file(path: Path) -> list[tuple[str, str]]:
     if not pairs:
         raise ValueError(f"{path} holds no pairs")
     return pairs
+
+
+# The long-length check (issue 17): fp32 against the reference at these lengths (those the model reads), within
+# this compute per pass — the 17m-150m check up to 4,096 tokens or more, the 400m/1b the shorter ones only.
+LONG_LENGTHS = (512, 2048, 4096, 7999)
+LONG_CHECK_FLOPS = 1.5e12
+LONG_SCORES_BYTES = 2 << 30  # one n×n fp32 score tensor of the reference's (eager) global attention, all heads
+# Batches of the check: 4,096 + 2,048 tokens share one (the shorter padded, as the runtime pads); 7,999 alone.
+LONG_POLICY = BatchPolicy(token_budget=2 * 4096, max_batch_size=2, attention_budget=2 * 4096 * 4096)
+
+
+@dataclass(frozen=True)
+class LongCheck:
+    """Pairs of the long lengths the gate checks (batched by :data:`LONG_POLICY`), and those it left out (why)."""
+
+    token_ids: list[list[int]]
+    skipped: list[str]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.token_ids]
+
+
+def long_check(tokenizer: PairTokenizer, flops_per_token: float, heads: int) -> LongCheck:
+    """One built-in query beside a document of built-in text cut to each of :data:`LONG_LENGTHS` tokens
+    (those the model reads, within :data:`LONG_CHECK_FLOPS` per pass and :data:`LONG_SCORES_BYTES`)."""
+    wanted = sorted({min(n, tokenizer.max_length) for n in LONG_LENGTHS})
+    kept, skipped, cost = [], [], 0.0
+    for n in wanted:
+        if (cost + n * flops_per_token) > LONG_CHECK_FLOPS and kept:
+            skipped.append(f"{n} tokens: over the check's {LONG_CHECK_FLOPS / 1e12:g} TFLOP per pass")
+            continue
+        if heads * n * n * 4 > LONG_SCORES_BYTES and kept:
+            skipped.append(f"{n} tokens: the reference's global-layer scores would take "
+                           f"{heads * n * n * 4 / 2**30:.1f} GiB per tensor")
+            continue
+        cost += n * flops_per_token
+        kept.append(n)
+    pairs = builtin_pairs(seed=2, doc_sentences=(40,), n_queries=1)
+    query = pairs[0][0]
+    document = " ".join(d for _, d in builtin_pairs(seed=2, doc_sentences=(40,), n_queries=64))
+    document = " ".join([document] * 8)  # ~15k tokens of built-in text; repeated text is as good for numerics
+    whole = tokenizer.encode([(query, document)])[0]  # cut at max_length, ends with [SEP]
+    ids = [whole[:n - 1] + whole[-1:] for n in kept if n <= len(whole)]
+    skipped += [f"{n} tokens: the built-in text is shorter" for n in kept if n > len(whole)]
+    return LongCheck(ids, skipped)

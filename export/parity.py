@@ -19,14 +19,16 @@ import numpy as np
 
 from rerankrt.engine.agreement import Tolerance, average_ranks, compare, spearman, top_k_agreement
 from rerankrt.engine.backends import create_backend
+from rerankrt.engine.batching import BatchPolicy
 from rerankrt.engine.errors import ParityError
 from rerankrt.engine.hardware import cpu_info
 from rerankrt.engine.scoring import score_ids
 from rerankrt.engine.selection import CPU_BACKENDS, OPENVINO_INT8_BF16, installed
 
-from .calibration import TOKEN_BUDGET
+from .calibration import LONG_POLICY, TOKEN_BUDGET, LongCheck
 
-__all__ = ["DEFAULT_TOLERANCES", "Tolerance", "average_ranks", "check_precision", "compare", "enforce",
+__all__ = ["DEFAULT_TOLERANCES", "Tolerance", "average_ranks", "check_long_lengths", "check_precision", "compare",
+           "enforce",
            "format_report", "score_graph", "spearman", "top_k_agreement"]
 
 _BY_BACKEND_FIELDS = ("max_abs_delta", "max_rel_delta", "spearman", "top10_agreement", "passed",
@@ -42,8 +44,8 @@ DEFAULT_TOLERANCES = {
 
 
 def score_graph(graph_path: Path, precision: str, backend: str, token_ids: list[list[int]], pad_id: int,
-                num_labels: int = 1, threads: int | None = None, options: dict | None = None
-                ) -> tuple[np.ndarray, str | None]:
+                num_labels: int = 1, threads: int | None = None, options: dict | None = None,
+                policy: BatchPolicy | None = None) -> tuple[np.ndarray, str | None]:
     """Logits ``[n, num_labels]`` in input order from one backend, and what it ran between quantized ops."""
     if backend == "openvino":  # a staging file: its compiled blob (4 GB for the 1b) would never be read again
         options = {"cache_dir": False, **(options or {})}
@@ -52,7 +54,7 @@ def score_graph(graph_path: Path, precision: str, backend: str, token_ids: list[
     # row: the widths the gate has always scored, for every backend. The runtime's width multiple
     # (OpenVINO int8 rounds widths up to 16) changes OpenVINO's int8 logits in the last bits (up to
     # 6e-3 with bf16 between the matmuls, tiny fixture), so adopting it would move the gate's numbers.
-    policy = dataclasses.replace(created.policy, token_budget=TOKEN_BUDGET, pad_to_multiple_of=1)
+    policy = policy or dataclasses.replace(created.policy, token_budget=TOKEN_BUDGET, pad_to_multiple_of=1)
     return score_ids(created.backend, token_ids, policy, pad_id, num_labels), created.backend.inference_precision
 
 
@@ -95,6 +97,25 @@ def check_precision(precision: str, graph_path: Path, token_ids: list[list[int]]
     return primary
 
 
+def check_long_lengths(graph_path: Path, long: LongCheck, pad_id: int, reference: np.ndarray, score_range: float,
+                       tolerance: Tolerance, num_labels: int = 1, threads: int | None = None) -> dict:
+    """fp32 at long lengths (issue 17: the banded sliding layers), on every CPU backend that runs fp32.
+
+    ``reference`` holds the PyTorch scores of ``long.token_ids``; the bound is the fp32 tolerance times the
+    score range of the main calibration set (four long pairs have no meaningful range of their own).
+    """
+    report: dict = {"lengths": long.lengths, "skipped": long.skipped, "by_backend": {}, "passed": True}
+    for label, name, options in planned_runs("fp32"):
+        logits, _ = score_graph(graph_path, "fp32", name, long.token_ids, pad_id, num_labels, threads, options,
+                                policy=LONG_POLICY)
+        delta = float(np.abs(logits[:, 0].astype(np.float64) - reference).max()) if len(reference) else 0.0
+        rel = delta / score_range if score_range > 0 else delta
+        ok = bool(np.isfinite(logits).all()) and rel <= tolerance.max_rel_delta
+        report["by_backend"][label] = {"max_abs_delta": delta, "max_rel_delta": rel, "passed": ok}
+        report["passed"] = report["passed"] and ok
+    return report
+
+
 def format_report(reports: dict[str, dict]) -> str:
     lines = [f"{'precision':<9} {'max|Δ|':>10} {'|Δ|/range':>10} {'spearman':>10} {'top10':>6}  result"]
     for precision, r in reports.items():
@@ -104,6 +125,13 @@ def format_report(reports: dict[str, dict]) -> str:
         for name, sub in r.get("by_backend", {}).items():  # every backend's own line when there are several
             lines.append(f"  {name:<15} {sub['max_rel_delta']:>10.2e} {sub['spearman']:>10.6f} "
                          f"{sub['top10_agreement']:>6.3f}  {'ok' if sub['passed'] else 'failed'}")
+        long = r.get("long_lengths")
+        if long:
+            lengths = ", ".join(f"{n:,}" for n in long["lengths"])
+            for name, sub in long["by_backend"].items():
+                lines.append(f"  {name:<15} {sub['max_rel_delta']:>10.2e} at {lengths} tokens  "
+                             f"{'ok' if sub['passed'] else 'failed'}")
+            lines += [f"  (not checked: {why})" for why in long["skipped"]]
     return "\n".join(lines)
 
 

@@ -93,7 +93,10 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
 
     # First, so the torch model is gone before any graph is built or loaded: at the end (as before) the
     # 1b's export peaked at 14.4 GB with it loaded on top of what quantization had left in the heap.
-    reference = score_reference(src, calib.token_ids, tokenizer.pad_id)[:, 0]
+    heads = int(src.config.get("num_attention_heads", 1))
+    long = calibration.long_check(tokenizer, _flops_per_token(src, weight_bytes), heads)
+    scored = score_reference(src, calib.token_ids + long.token_ids, tokenizer.pad_id)[:, 0]
+    reference, long_reference = scored[:len(calib.token_ids)], scored[len(calib.token_ids):]
     gate_s = time.perf_counter() - gate_started
     _release_memory()
     with artifact_writer.staging_dir(output_dir) as staging:
@@ -117,6 +120,15 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
         reports = {p: parity.check_precision(p, staging / graphs[p]["file"], calib.token_ids, tokenizer.pad_id,
                                              reference, calib.groups, tolerances[p], src.num_labels, threads)
                    for p in precisions}
+        if long.token_ids:  # fp32 at long lengths too: the banded sliding layers, padding within a batch
+            checked = parity.check_long_lengths(staging / graphs["fp32"]["file"], long, tokenizer.pad_id,
+                                                long_reference, reports["fp32"]["reference_range"],
+                                                tolerances["fp32"], src.num_labels, threads)
+            reports["fp32"]["long_lengths"] = checked
+            if not checked["passed"]:
+                reports["fp32"]["passed"] = False
+                reports["fp32"].setdefault("failures", []).append(
+                    f"long lengths {checked['lengths']}: max |Δ|/range over the fp32 tolerance")
         say(parity.format_report(reports))
         say(f"      the gate took {gate_s + time.perf_counter() - gate_started:,.0f} s")
         parity.enforce(reports, allow_parity_failure)

@@ -158,3 +158,26 @@ def _batch(token_ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
     for row, t in enumerate(token_ids):
         ids[row, :len(t)], mask[row, :len(t)] = t, 1
     return ids, mask
+
+
+def test_the_gate_checks_fp32_at_long_lengths(distilled_artifact):
+    """The export's parity gate scores fp32 at 512 … 7,999 tokens against PyTorch on each backend, records it,
+    and its comparison fails a graph whose long scores are off (a shifted reference stands in for one)."""
+
+    from rerankrt.engine.tokenize import PairTokenizer
+    from rerankrt.export import calibration, parity
+
+    manifest = json.loads((distilled_artifact / "manifest.json").read_text())
+    long = manifest["parity"]["results"]["fp32"]["long_lengths"]
+    assert long["lengths"] == [512, 2048, 4096, 7999] and long["passed"] and not long["skipped"]
+    assert set(long["by_backend"]) >= {"onnxruntime"}
+    assert all(r["max_rel_delta"] <= 1e-4 for r in long["by_backend"].values())
+
+    tokenizer = PairTokenizer(DISTILLED / "tokenizer.json", 7999, 50283, 50281, 50282)
+    check = calibration.long_check(tokenizer, flops_per_token=2.6e7, heads=4)
+    check = calibration.LongCheck(check.token_ids[:2], [])  # 512 and 2,048 tokens: quick
+    graph = distilled_artifact / manifest["graphs"]["fp32"]["file"]
+    right, _ = parity.score_graph(graph, "fp32", "onnxruntime", check.token_ids, 50283)
+    tolerance = parity.DEFAULT_TOLERANCES["fp32"]
+    assert parity.check_long_lengths(graph, check, 50283, right[:, 0], 10.0, tolerance)["passed"]
+    assert not parity.check_long_lengths(graph, check, 50283, right[:, 0] + 0.01, 10.0, tolerance)["passed"]
