@@ -135,3 +135,39 @@ def test_a_20k_token_document_is_ordinary_windows(reranker, hf_tokenizer):
 def test_bad_options_are_refused_before_any_work(reranker, bad):
     with pytest.raises((ValueError, TypeError)):
         reranker.predict([("q", "d")], long_documents=bad)
+
+
+def test_the_command_line_chunks_files_and_rankings(distilled_artifact, pairs, tmp_path):
+    """``rerankrt score`` and ``rank`` with --long-documents chunk give predict's chunked scores; bad flags get
+    a one-line error."""
+    import shutil
+    import subprocess
+    import sys
+
+    from rerankrt.engine import Reranker
+
+    exe = shutil.which("rerankrt")
+    cli = [exe] if exe else [sys.executable, "-m", "rerankrt.engine.cli"]
+    flags = ["--max-length", str(MAX_LENGTH), "--precision", "fp32", "--backend", "onnxruntime",
+             "--long-documents", "chunk", "--chunk-tokens", "40", "--chunk-stride", "30", "--chunk-aggregate", "mean"]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps({"query": q, "document": d}) + "\n" for q, d in pairs))
+    out = tmp_path / "scored.jsonl"
+    done = subprocess.run([*cli, "score", str(distilled_artifact), str(source), "-o", str(out), "--threads", "2",
+                           "--no-progress", *flags], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    got = [json.loads(line)["score"] for line in out.read_text().splitlines()]
+    reranker = Reranker.from_pretrained(distilled_artifact, precision="fp32", backend="onnxruntime",
+                                        max_length=MAX_LENGTH)
+    options = {"strategy": "chunk", "window": 40, "stride": 30, "aggregate": "mean"}
+    np.testing.assert_allclose(got, reranker.predict(pairs, long_documents=options), atol=1e-5)
+
+    ranked = subprocess.run([*cli, "rank", str(distilled_artifact), "--query", pairs[0][0], "--doc", pairs[0][1],
+                             "--doc", pairs[1][1], *flags], capture_output=True, text=True, timeout=600)
+    assert ranked.returncode == 0, ranked.stderr
+    assert all("chunk" in json.loads(line) for line in ranked.stdout.splitlines())
+
+    bad = subprocess.run([*cli, "rank", str(distilled_artifact), "--query", "q", "--doc", "d", "--long-documents",
+                          "chunk", "--chunk-tokens", "8", "--chunk-stride", "16"], capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode != 0 and "stride" in bad.stderr and "Traceback" not in bad.stderr
