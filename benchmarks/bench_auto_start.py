@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, THREADS, load_workloads, read_pairs, run_environment, say, write_report
+from common import REPO_ROOT, THREADS, load_workloads, pass_seconds, read_pairs, run_environment, say, write_report
 
 DEFAULT_ARTIFACT = REPO_ROOT / "benchmarks" / "work" / "artifacts" / "17m-distilled"
 KINDS = ("fresh", "cached", "explicit")
@@ -50,11 +50,7 @@ def worker(kind: str, artifact: str, pairs_file: str, cache: str) -> None:
     else:
         loaded = Reranker.from_pretrained(artifact, threads=THREADS, max_length=512, tune=True)
     loaded.predict(pairs[:32])
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        loaded.predict(pairs)
-        times.append(time.perf_counter() - started)
+    times = pass_seconds(lambda: loaded.predict(pairs))
     print(json.dumps({"kind": kind, "pairs_per_s": len(pairs) / statistics.median(times),
                       "precision": loaded.precision, "backend": loaded.backend.name,
                       "inference_precision": loaded.backend.inference_precision,

@@ -121,11 +121,7 @@ def child(args: argparse.Namespace) -> None:
     first = time.perf_counter()
     logit = float(np.asarray(fn(ids, rows)).ravel()[0])
     first_s = time.perf_counter() - first
-    times = []
-    for _ in range(args.passes):
-        t = time.perf_counter()
-        fn(ids, rows)
-        times.append(time.perf_counter() - t)
+    times = common.pass_seconds(lambda: fn(ids, rows), args.passes)
     print(json.dumps({"system": args.system, "length": len(ids), "rows": rows, "load_s": load_s, "first_s": first_s,
                       "times_s": times, "median_s": statistics.median(times), "logit": logit,
                       "peak_rss_mib": common.peak_rss_mib(), "loaded_rss_mib": loaded_mib}))

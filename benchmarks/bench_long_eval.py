@@ -67,11 +67,12 @@ def score(strategy: str, artifact: Path, queries: dict, docs: dict) -> tuple[dic
         scores = reranker.predict([(queries[q], candidates[d]) for d in ids], long_documents=long_documents)
         run[q] = {d: float(s) for d, s in zip(ids, scores)}
         pairs += len(ids)
-        if long_documents is None:
-            encoded = reranker.encode([(queries[q], candidates[d]) for d in ids])
+    seconds = time.perf_counter() - started
+    if long_documents is None:  # counted after the clock stops: not part of what a strategy costs
+        for q, candidates in docs.items():
+            encoded = reranker.encode([(queries[q], text) for text in candidates.values()])
             tokens += encoded.tokens
             truncated += int(encoded.truncated.sum())
-    seconds = time.perf_counter() - started
     return run, {"strategy": strategy, "pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds,
                  "configuration": f"{reranker.precision} on {reranker.backend.name}", "max_length": max_length,
                  "tokens_scored": tokens or None, "truncated_pairs": truncated if long_documents is None else None}

@@ -71,11 +71,7 @@ def offline_main(args: argparse.Namespace) -> None:
     reranker = Reranker.from_pretrained(args.artifact, threads=common.THREADS, max_length=common.MAX_LENGTH)
     pairs = [(r["query"], d) for r in requests for d in r["documents"]]
     reranker.predict(pairs[:200])
-    passes = []
-    for _ in range(3):
-        started = time.perf_counter()
-        reranker.predict(pairs)
-        passes.append(time.perf_counter() - started)
+    passes = common.pass_seconds(lambda: reranker.predict(pairs))
     rank_ms = []
     for r in requests[:12]:
         started = time.perf_counter()

@@ -230,6 +230,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def pass_seconds(fn: Callable[[], object], passes: int = 3) -> list[float]:
+    """Seconds of each of ``passes`` calls of ``fn`` (the caller warms up first)."""
+    times = []
+    for _ in range(passes):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, object]:
     started = time.perf_counter()
     out = fn()

@@ -140,13 +140,18 @@ class ChunkedLogits:
                 for pair, w in enumerate(self.best)]
 
 
+def windows_for(tokenizer, pairs: list[tuple[str, str]], long_documents: LongDocuments) -> Windows:
+    """Tokenize the pairs' parts once and cut them into windows (``PairTokenizer.parts`` → :func:`make_windows`)."""
+    queries, docs, offsets = tokenizer.parts(pairs)
+    return make_windows(queries, docs, offsets, tokenizer.max_length, tokenizer.pair_template, long_documents)
+
+
 def score_chunked(backend, tokenizer, pairs: list[tuple[str, str]], batch_policy, long_documents: LongDocuments,
                   num_labels: int = 1) -> ChunkedLogits:
     """Windows of every pair → the scoring core's batches (``score_ids``) → aggregated per pair."""
     from .scoring import score_ids
 
-    queries, docs, offsets = tokenizer.parts(pairs)
-    windows = make_windows(queries, docs, offsets, tokenizer.max_length, tokenizer.pair_template, long_documents)
+    windows = windows_for(tokenizer, pairs, long_documents)
     window_logits = score_ids(backend, windows.token_ids, batch_policy, tokenizer.pad_id, num_labels)
     logits, best = aggregate(window_logits, windows, long_documents.aggregate)
     return ChunkedLogits(logits, windows, best)

@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..chunking import LongDocuments, aggregate, make_windows
+from ..chunking import LongDocuments, aggregate, windows_for
 from ..reranker import Reranker
 from ..scoring import Encoded, activate, rank_order
 from .admission import Permits, TokenizePool
@@ -218,9 +218,7 @@ class ServerState:
     def _windows(self, name: str, reranker: Reranker, query: str, texts: list[str], how: LongDocuments):
         """In a pool thread: the documents cut into windows beside the query (``chunking.make_windows``)."""
         started = time.perf_counter()
-        tokenizer = reranker.tokenizer
-        queries, docs, offsets = tokenizer.parts([(query, t) for t in texts])
-        windows = make_windows(queries, docs, offsets, tokenizer.max_length, tokenizer.pair_template, how)
+        windows = windows_for(reranker.tokenizer, [(query, t) for t in texts], how)
         self.metrics.tokenize_time.labels(name).observe(time.perf_counter() - started)
         return windows
 
