@@ -323,7 +323,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_queued_pairs=args.max_queued_pairs, tokenize_threads=args.tokenize_threads,
         max_tokenize_waiting=args.max_tokenize_waiting, max_wait_ms=args.max_wait_ms,
         window_tokens=args.window_tokens, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-        max_connections=args.max_connections, drain_grace_s=args.drain_grace)
+        max_connections=args.max_connections, drain_grace_s=args.drain_grace, tracing=args.otel)
+    if args.otel:
+        from .server.tracing import configure_exporter
+
+        configure_exporter()
     serve(args.artifacts, host=args.host, port=args.port, config=config, log_level=args.log_level,
           precision=args.precision, backend=args.backend, threads=args.threads, max_length=args.max_length,
           token_budget=args.token_budget)
@@ -454,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .server.config import API_KEY_ENV, ServerConfig
 
     d = ServerConfig()
-    p = sub.add_parser("serve", help="HTTP server: POST /v1/rerank (Cohere/Jina), POST /rerank (TEI), "
-                       "GET /health /info /metrics")
+    p = sub.add_parser("serve", help="HTTP server: POST /v2/rerank (Cohere v2), /v1/rerank (Jina), POST /rerank (TEI), "
+                       "GET /live /ready /health /info /metrics")
     p.add_argument("artifacts", nargs="+", metavar="[NAME=]ARTIFACT",
                    help="one or more artifacts (directory or hub id); the first is the default model")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -508,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-auto-truncate", action="store_true",
                    help="TEI /rerank without 'truncate': refuse over-long pairs (413) instead of truncating")
     p.add_argument("--api-key", help=f"require this key (Authorization: Bearer KEY); default ${API_KEY_ENV}")
+    p.add_argument("--otel", action="store_true",
+                   help="OpenTelemetry spans per rerank request (parse, tokenize, queue, inference) sent with the "
+                   "OTLP/HTTP exporter (OTEL_EXPORTER_OTLP_* variables); needs the [otel] extra")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_cmd_serve)
     return parser

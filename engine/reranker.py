@@ -98,9 +98,10 @@ class Reranker:
         return self.backend.precision
 
     # -- the data path (the steps are scoring.py's) --------------------------------------------
-    def encode(self, pairs: Sequence[Pair]) -> Encoded:
-        """Token ids of ``pairs`` with truncation flags: the first step, for front-ends that queue ids."""
-        return encode(self.tokenizer, pairs)
+    def encode(self, pairs: Sequence[Pair], truncation_direction: str = "right") -> Encoded:
+        """Token ids of ``pairs`` with truncation flags: the first step, for front-ends that queue ids.
+        ``truncation_direction="left"`` keeps the end of a too-long text (TEI's option)."""
+        return encode(self.tokenizer, pairs, truncation_direction)
 
     def logits_for_token_ids(self, token_ids: list[list[int]]) -> np.ndarray:
         """Raw logits ``float32 [n, num_labels]`` for already tokenized pairs, in input order."""

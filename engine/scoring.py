@@ -40,9 +40,10 @@ class Encoded:
         return len(self.token_ids)
 
 
-def encode(tokenizer, pairs: Sequence[tuple[str, str]]) -> Encoded:
-    """Tokenize pairs exactly as sentence-transformers does (``PairTokenizer``)."""
-    token_ids, truncated = tokenizer.encode_with_truncation(list(pairs))
+def encode(tokenizer, pairs: Sequence[tuple[str, str]], truncation_direction: str = "right") -> Encoded:
+    """Tokenize pairs exactly as sentence-transformers does (``PairTokenizer``); ``"left"`` truncation keeps
+    the end of a text instead (TEI's ``truncation_direction``)."""
+    token_ids, truncated = tokenizer.encode_with_truncation(list(pairs), truncation_direction)
     return Encoded(token_ids, np.asarray(truncated, dtype=bool))
 
 

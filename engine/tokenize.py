@@ -84,10 +84,10 @@ class PairTokenizer:
         self._tok = tok
         self._encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
         self._whole: Tokenizer | None = None  # untruncated, for documents cut into windows (parts())
+        self._left: Tokenizer | None = None  # truncating from the left (TEI's truncation_direction)
         self._template: tuple[list[int], list[int], list[int]] | None = None
         self.max_length = max_length
         self.pad_id = pad_id
-
 
     @classmethod
     def for_artifact(cls, artifact, max_length: int | None = None) -> PairTokenizer:
@@ -95,6 +95,7 @@ class PairTokenizer:
         spec = artifact.tokenizer_spec
         return cls(artifact.tokenizer_path, max_length or artifact.max_length, spec["pad_id"], spec["cls_id"],
                    spec["sep_id"], artifact.manifest["architecture"].get("vocab_size"))
+
     def encode(self, pairs: list[Pair]) -> list[list[int]]:
         """Token ids per pair (no padding), truncated to ``max_length``."""
         if not pairs:
@@ -119,6 +120,16 @@ class PairTokenizer:
         docs = self._whole.encode_batch([d for _, d in pairs], add_special_tokens=False)  # offsets needed
         return queries, [enc.ids for enc in docs], [enc.offsets for enc in docs]
 
+    def _left_encoder(self):
+        if self._left is None:
+            from tokenizers import Tokenizer
+
+            left = Tokenizer.from_str(self._tok.to_str())
+            left.no_padding()
+            left.enable_truncation(self.max_length, stride=0, strategy="longest_first", direction="left")
+            self._left = left
+        return getattr(self._left, "encode_batch_fast", self._left.encode_batch)
+
     @property
     def pair_template(self) -> tuple[list[int], list[int], list[int]]:
         """The special tokens around a pair's parts: before the query, between, after the document
@@ -133,10 +144,22 @@ class PairTokenizer:
             self._template = (both[:i], both[i + len(q):j], both[j + len(d):])
         return self._template
 
-    def encode_with_truncation(self, pairs: list[Pair]) -> tuple[list[list[int]], np.ndarray]:
-        """Token ids and, per pair, whether truncation cut it (for limits, usage and summaries)."""
+    def encode_with_truncation(self, pairs: list[Pair], direction: str = "right"
+                               ) -> tuple[list[list[int]], np.ndarray]:
+        """Token ids and, per pair, whether truncation cut it (for limits, usage and summaries).
+
+        ``direction="left"`` cuts the start of the text instead of its end (still ``longest_first``:
+        the longer of query and document loses tokens first), as text-embeddings-inference does for
+        ``truncation_direction: "left"`` — it keeps the end of a document, where a chat history or a
+        log has its latest part.
+        """
         if not pairs:
             return [], np.zeros(0, dtype=bool)
-        encodings = self._encode(pairs, add_special_tokens=True)
+        encode = self._encode
+        if direction == "left":
+            encode = self._left_encoder()
+        elif direction != "right":
+            raise ValueError(f"truncation direction must be 'right' or 'left', got {direction!r}")
+        encodings = encode(pairs, add_special_tokens=True)
         truncated = np.fromiter((len(enc.overflowing) > 0 for enc in encodings), dtype=bool, count=len(encodings))
         return [enc.ids for enc in encodings], truncated

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,44 +23,14 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="httpx (dev extra) not installed")
 uvicorn = pytest.importorskip("uvicorn", reason="the [serve] extra is not installed")
 
+from live_server import LiveServer, _free_socket  # noqa: E402
+
 from rerankrt.engine import Reranker  # noqa: E402
 from rerankrt.engine.backends import BackendBase  # noqa: E402
 from rerankrt.engine.batching import BatchPolicy  # noqa: E402
 from rerankrt.engine.server import ServerConfig, create_app  # noqa: E402
 
 from conftest import EDGE_PAIRS, realistic_pairs  # noqa: E402
-
-
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-class LiveServer:
-    """uvicorn serving ``app`` in a thread on 127.0.0.1:<ephemeral>."""
-
-    def __init__(self, app) -> None:
-        sock = _free_socket()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 120
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        self.client = httpx.Client(base_url=self.url, timeout=120)
-
-    def post(self, path: str, body, **kwargs) -> httpx.Response:
-        return self.client.post(path, json=body, **kwargs)
-
-    def close(self) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(60)
 
 
 class SlowBackend(BackendBase):

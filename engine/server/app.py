@@ -52,6 +52,7 @@ from .scheduler import (
     TooMuchWorkError,
 )
 from .schemas import RerankRequest, TeiRerankRequest
+from .tracing import NO_TRACING, RequestTrace, Tracing, fastapi_telemetry
 
 log = logging.getLogger("rerankrt.server")
 
@@ -99,6 +100,7 @@ class ServerState:
     config: ServerConfig
     metrics: ServerMetrics
     schedulers: dict[str, BatchScheduler] = field(default_factory=dict)
+    tracing: Tracing = NO_TRACING
     ready: bool = False  # started: models warm, queues open
     draining: bool = False  # shutdown began: /ready says 503, requests are still served
     permits: Permits = field(init=False)
@@ -222,10 +224,11 @@ class ServerState:
         self.metrics.tokenize_time.labels(name).observe(time.perf_counter() - started)
         return windows
 
-    def _encode(self, name: str, reranker: Reranker, query: str, texts: list[str]) -> Encoded:
+    def _encode(self, name: str, reranker: Reranker, query: str, texts: list[str],
+                direction: str = "right") -> Encoded:
         """In a pool thread: tokenize, and learn characters per token for the next estimates."""
         started = time.perf_counter()
-        encoded = reranker.encode([(query, t) for t in texts])
+        encoded = reranker.encode([(query, t) for t in texts], direction)
         self.metrics.tokenize_time.labels(name).observe(time.perf_counter() - started)
         chars = tokens = 0
         for text, ids, cut in zip(texts, encoded.token_ids, encoded.truncated):
@@ -239,15 +242,26 @@ class ServerState:
 
     async def score(self, request: Request, schema: type[RerankRequest] | type[TeiRerankRequest],
                     truncate: bool | None = None) -> tuple[Any, Scored]:
-        """The request's validated body and its scores, or an :class:`ApiError`."""
+        """The request's validated body and its scores, or an :class:`ApiError` (traced when tracing is on)."""
+        with self.tracing.request(request.headers, **{"http.route": request.url.path}) as trace:
+            try:
+                return await self._score(request, schema, truncate, trace)
+            except ApiError as exc:
+                trace.error(exc.status, exc.kind)
+                raise
+
+    async def _score(self, request: Request, schema: type[RerankRequest] | type[TeiRerankRequest],
+                     truncate: bool | None, trace: RequestTrace) -> tuple[Any, Scored]:
         deadline, timeout = request.scope.get(DEADLINE_SCOPE_KEY) or (
             time.perf_counter() + self.config.request_timeout_s, self.config.request_timeout_s)
         raw = await request.body()
-        body = await self.parser.parse(raw, schema)
+        with trace.step("parse", **{"http.request.body.size": len(raw)}):
+            body = await self.parser.parse(raw, schema)
         name, reranker = self.pick(body.model)
         texts = body.texts if isinstance(body, TeiRerankRequest) else [
             d if isinstance(d, str) else d.text for d in body.documents]
         scheduler = self.schedulers[name]
+        refuse_unserved_options(body)
         how = long_documents(body)
         try:
             reservation = scheduler.check_admission(self._estimate_tokens(name, reranker, body.query, texts, how),
@@ -257,13 +271,15 @@ class ServerState:
                            reason=exc.reason) from None
         windows = None
         try:  # the reservation holds this request's room while it is tokenized; submit takes it
-            if how.chunked:
-                windows = await self.pool.run(self._windows, name, reranker, body.query, texts, how)
-                encoded = Encoded(windows.token_ids, windows.dropped)
-                token_ids, truncated = encoded.token_ids, windows.dropped
-            else:
-                encoded = await self.pool.run(self._encode, name, reranker, body.query, texts)
-                token_ids, truncated = encoded.token_ids, encoded.truncated
+            with trace.step("tokenize", **{"rerankrt.documents": len(texts)}):  # includes the wait for a thread
+                if how.chunked:
+                    windows = await self.pool.run(self._windows, name, reranker, body.query, texts, how)
+                    encoded = Encoded(windows.token_ids, windows.dropped)
+                    token_ids, truncated = encoded.token_ids, windows.dropped
+                else:
+                    encoded = await self.pool.run(self._encode, name, reranker, body.query, texts,
+                                                  truncation_direction(body))
+                    token_ids, truncated = encoded.token_ids, encoded.truncated
             self._learn_bytes_per_token(name, len(raw), encoded.tokens)
             if truncate is None:
                 asked = getattr(body, "truncate", None)
@@ -287,7 +303,16 @@ class ServerState:
         finally:
             if reservation is not None:
                 reservation.release()
-        logits = await self._await_job(request, job, deadline, timeout)
+        trace.set(**{"rerankrt.model": name, "rerankrt.documents": len(texts), "rerankrt.pairs": len(token_ids),
+                     "rerankrt.tokens": encoded.tokens, "rerankrt.truncated": int(truncated.sum())})
+        try:
+            logits = await self._await_job(request, job, deadline, timeout)
+        finally:  # the scheduler stamped when the job's first rows entered a batch
+            ended = time.perf_counter()
+            began = job.started_at if job.started_at is not None else ended
+            trace.interval("queue", job.enqueued_at, began)
+            if job.started_at is not None:
+                trace.interval("inference", began, ended, **{"rerankrt.backend": reranker.backend.name})
         if windows is not None:  # one row per window → one per document
             logits, _ = aggregate(logits, windows, how.aggregate)
         self.metrics.pairs.labels(name).inc(len(token_ids))
@@ -316,9 +341,34 @@ class ServerState:
         raise _timeout(timeout)
 
 
+def truncation_direction(body: RerankRequest | TeiRerankRequest) -> str:
+    """``"left"`` or ``"right"`` (TEI's ``truncation_direction``; the Cohere/Jina bodies have none)."""
+    return str(getattr(body, "truncation_direction", "right")).lower()
+
+
+def refuse_unserved_options(body: RerankRequest | TeiRerankRequest) -> None:
+    """422 for options of the client APIs that would change the answer and are not served here: ignoring
+    them (as unknown fields are) would return something else than what the client asked for, silently."""
+    asked = body.long_documents
+    spans = getattr(body, "relevant_spans", None)
+    if spans is not None and spans.mode == "enabled":
+        raise ApiError(422, "invalid_request", "relevant_spans mode 'enabled' is not supported by this server: it "
+                       "scores whole documents; with long_documents strategy 'chunk', rerankrt's rank reports the "
+                       "best window instead", field="relevant_spans")
+    fields = getattr(body, "rank_fields", None)
+    if fields is not None and list(fields) != ["text"]:
+        raise ApiError(422, "invalid_request", f"rank_fields {list(fields)[:10]} is not supported: documents are "
+                       "ranked on their 'text' field", field="rank_fields")
+    if truncation_direction(body) == "left" and asked is not None and asked.strategy == "chunk":
+        raise ApiError(422, "invalid_request", "truncation_direction 'left' applies to truncation; with "
+                       "long_documents strategy 'chunk' the windows cover the whole document",
+                       field="truncation_direction")
+
+
 def long_documents(body: RerankRequest | TeiRerankRequest) -> LongDocuments:
-    """The request's long-document handling: Cohere's ``max_tokens_per_doc`` is one window of that many
-    document tokens (the document cut there, as Cohere does); ``long_documents`` chunks (rerankrt)."""
+    """The request's long-document handling: Cohere v2's ``max_tokens_per_doc`` is one window of that many
+    document tokens (the document cut there, as Cohere does); Cohere v1's ``max_chunks_per_doc`` chunks with
+    at most that many windows, scored by the best (as Cohere v1 did); ``long_documents`` chunks (rerankrt)."""
     asked = body.long_documents
     cap = getattr(body, "max_tokens_per_doc", None)
     try:
@@ -327,6 +377,9 @@ def long_documents(body: RerankRequest | TeiRerankRequest) -> LongDocuments:
             return LongDocuments("chunk", window, asked.stride, asked.aggregate, asked.max_chunks_per_doc)
         if cap is not None:
             return LongDocuments("chunk", window=cap, aggregate="first", max_chunks_per_doc=1)
+        chunks = getattr(body, "max_chunks_per_doc", None)
+        if chunks is not None:  # Cohere v1: long documents are chunked, the best chunk scores the document
+            return LongDocuments("chunk", aggregate="max", max_chunks_per_doc=chunks)
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
     return LongDocuments()
@@ -342,12 +395,17 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) -> FastAPI:
-    """An app serving ``models`` (name → Reranker; the first is the default)."""
+def create_app(models: dict[str, Reranker], config: ServerConfig | None = None,
+               tracer_provider: Any = None) -> FastAPI:
+    """An app serving ``models`` (name → Reranker; the first is the default).
+
+    With ``config.tracing`` each rerank request is an OpenTelemetry trace (``tracing.py``), sent to
+    ``tracer_provider`` or the process's global one."""
     if not models:
         raise ValueError("at least one model is needed")
     config = config or ServerConfig()
-    state = ServerState(dict(models), config, ServerMetrics())
+    state = ServerState(dict(models), config, ServerMetrics(),
+                        tracing=Tracing(True, tracer_provider) if config.tracing else NO_TRACING)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -355,7 +413,8 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
         yield
         await run_in_threadpool(state.stop)
 
-    app = FastAPI(title="rerankrt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="rerankrt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  **fastapi_telemetry(config.tracing, tracer_provider))
     app.state.rerankrt = state
     app.add_middleware(FrontDoor, state=state)
 
@@ -404,8 +463,11 @@ def create_app(models: dict[str, Reranker], config: ServerConfig | None = None) 
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
+    @app.post("/v2/rerank")
     @app.post("/v1/rerank")
-    async def rerank_v1(request: Request) -> JSONResponse:
+    async def rerank_cohere(request: Request) -> JSONResponse:
+        """Cohere v2 (``/v2/rerank``, ``cohere.ClientV2``) and Jina / Cohere-style v1 clients: one shape, the
+        response is a superset of both (``meta`` for Cohere, ``usage`` for Jina)."""
         body, scored = await state.score(request, RerankRequest, truncate=True)
         scores = scored.scores(body.raw_scores)
         results = []

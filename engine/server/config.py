@@ -40,6 +40,8 @@ class ServerConfig:
     max_connections: int | None = None  # open connections (default: from the open-file limit); the stalled
     # oldest is closed to make room for a new one
     drain_grace_s: float = 5.0  # after SIGTERM: /ready answers 503 this long while requests are still served
+    # -- observability -------------------------------------------------------------------------
+    tracing: bool = False  # OpenTelemetry spans per rerank request (extra [otel]); off: nothing is imported
 
     def __post_init__(self) -> None:
         for name in ("max_documents", "max_document_bytes", "max_body_bytes", "max_queued_pairs",

@@ -32,11 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rerankrt.server")
 
-SCORING = ("/v1/rerank", "/rerank")
+SCORING = ("/v2/rerank", "/v1/rerank", "/rerank")
 PROBES = ("/health", "/live", "/ready")
 ROUTES: dict[str, tuple[str, ...]] = {
-    "/v1/rerank": ("POST",), "/rerank": ("POST",), "/health": ("GET",), "/live": ("GET",), "/ready": ("GET",),
-    "/info": ("GET",), "/metrics": ("GET",)}
+    "/v2/rerank": ("POST",), "/v1/rerank": ("POST",), "/rerank": ("POST",), "/health": ("GET",),
+    "/live": ("GET",), "/ready": ("GET",), "/info": ("GET",), "/metrics": ("GET",)}
 DEADLINE_SCOPE_KEY = "rerankrt.deadline"
 
 

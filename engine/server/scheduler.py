@@ -100,7 +100,7 @@ class Job:
     untaken_tokens: int = 0  # tokens of rows not yet taken into a window
     cancelled: bool = False
     enqueued_at: float = field(default_factory=time.perf_counter)
-    started: bool = False  # a row was taken into a window (its queue wait is reported once)
+    started_at: float | None = None  # when a row was first taken into a window (queue wait, trace spans)
 
     def cancel(self) -> None:
         """Drop the rows not yet taken; rows already in a running batch finish and are discarded."""
@@ -370,8 +370,8 @@ class BatchScheduler:
                 self._queued_rows -= 1
                 self._queued_tokens -= length
         for job, _ in window:
-            if not job.started:
-                job.started = True
+            if job.started_at is None:
+                job.started_at = now
                 if self.stats.on_queue_wait:
                     self.stats.on_queue_wait(now - job.enqueued_at)
         self._jobs = [job for job in self._jobs if not job.fully_taken]
