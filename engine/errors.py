@@ -52,6 +52,20 @@ class ModelDownloadError(RerankrtError):
     """A hub id could not be resolved to local files (offline, not found, no access)."""
 
 
+class RemoteError(RerankrtError):
+    """A rerankrt server could not score a request for a reason other than its input (``RerankClient``).
+
+    Unreachable or timed out (``status`` None), 401 wrong key, 404 unknown model, 429 overloaded
+    (``retry_after`` seconds), 5xx. Input the server refuses (400/413/422) is an :class:`InvalidInputError`
+    instead, as it is in process, so a caller handles bad input the same way whichever side scores it.
+    """
+
+    def __init__(self, message: str, status: int | None = None, kind: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.retry_after = status, kind, retry_after
+
+
 class InsufficientMemoryError(RerankrtError, MemoryError):
     """An export or a load would not fit in this machine's available memory (said before it starts)."""
 

@@ -649,7 +649,7 @@ SURROGATE_Q = rb'{"query":"\ud800","documents":["a"]}'
 CASES = [
     # routing
     Case("unknown-path-get", "/nope", None, frozenset({404}), method="GET"),
-    Case("unknown-path-post", "/v2/rerank", VALID_V1, frozenset({404})),
+    Case("unknown-path-post", "/v3/rerank", VALID_V1, frozenset({404})),
     Case("get-v1-rerank", "/v1/rerank", None, frozenset({405}), method="GET"),
     Case("get-tei-rerank", "/rerank", None, frozenset({405}), method="GET"),
     Case("post-health", "/health", b"{}", frozenset({405})),

@@ -199,6 +199,11 @@ class BatchScheduler:
         return self._tokens_per_s or 20_000.0
 
     @property
+    def alive(self) -> bool:
+        """Whether the batching thread runs (a health check replaces a replica whose thread died)."""
+        return self._thread.is_alive()
+
+    @property
     def queued_rows(self) -> int:
         return self._queued_rows
 
