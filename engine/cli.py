@@ -346,8 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-attention", choices=["banded", "full"], default="banded",
                    help="ModernBERT sliding-window layers: banded (blocks of the window, linear in the length; "
                         "default) or full (n×n scores masked afterwards)")
-    p.add_argument("--int8-method", choices=["static", "dynamic"], default="static",
-                   help="static: calibrated Q/DQ (default); dynamic: onnxruntime quantize_dynamic")
+    p.add_argument("--int8-method", choices=["static", "dynamic", "symmetric"], default="static",
+                   help="static: calibrated Q/DQ, uint8 activations (default, the CPU form); symmetric: int8 "
+                   "activations with zero point 0 and the embedding through DequantizeLinear, the form TensorRT "
+                   "reads (checked at export); dynamic: onnxruntime quantize_dynamic")
     p.add_argument("--revision")
     p.add_argument("--max-length", type=int)
     p.add_argument("--calibration", help="JSONL (query, document) or TSV pairs for the parity gate")

@@ -180,10 +180,12 @@ class LongCheck:
         return [len(t) for t in self.token_ids]
 
 
-def long_check(tokenizer: PairTokenizer, flops_per_token: float, heads: int) -> LongCheck:
-    """One built-in query beside a document of built-in text cut to each of :data:`LONG_LENGTHS` tokens
-    (those the model reads, within :data:`LONG_CHECK_FLOPS` per pass and :data:`LONG_SCORES_BYTES`)."""
-    wanted = sorted({min(n, tokenizer.max_length) for n in LONG_LENGTHS})
+def long_check(tokenizer: PairTokenizer, flops_per_token: float, heads: int,
+               lengths: tuple[int, ...] = LONG_LENGTHS) -> LongCheck:
+    """One built-in query beside a document of built-in text cut to each of ``lengths`` tokens (default
+    :data:`LONG_LENGTHS`; those the model reads, within :data:`LONG_CHECK_FLOPS` per pass and
+    :data:`LONG_SCORES_BYTES`)."""
+    wanted = sorted({min(n, tokenizer.max_length) for n in lengths})
     kept, skipped, cost = [], [], 0.0
     for n in wanted:
         if (cost + n * flops_per_token) > LONG_CHECK_FLOPS and kept:

@@ -17,17 +17,18 @@ from pathlib import Path
 
 from rerankrt.engine import memory
 from rerankrt.engine.artifact import PRECISIONS, graph_file_name
+from rerankrt.engine.errors import UnsupportedModelError
 from rerankrt.engine.hardware import cpu_info
 from rerankrt.engine.selection import installed
 from rerankrt.engine.tokenize import PairTokenizer
 
-from . import artifact_writer, calibration, parity
+from . import artifact_writer, calibration, parity, tensorrt_rules
 from .graph import LOCAL_ATTENTION_FORMS, build_graph
 from .passes import PassContext, write_precision
 from .source import SourceModel, read_source
 
 EXPORT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-INT8_METHODS = ("static", "dynamic")
+INT8_METHODS = ("static", "dynamic", "symmetric")
 
 logger = logging.getLogger("rerankrt.export")
 
@@ -49,6 +50,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
            tolerances: dict[str, parity.Tolerance] | None = None, allow_parity_failure: bool = False,
            overwrite: bool = False, threads: int | None = None, int8_method: str = "static",
            gate_pairs: int | None = None, check_memory: bool = True, local_attention: str = "banded",
+           long_lengths: tuple[int, ...] = calibration.LONG_LENGTHS,
            log: Callable[[str], None] | None = print) -> Path:
     """Export ``model`` (hub id or directory) to a verified artifact in ``output_dir``.
 
@@ -59,7 +61,9 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     :func:`calibration.gate_size`). ``check_memory`` refuses, before anything starts, an export the
     machine's available memory cannot hold (:data:`EXPORT_BYTES_PER_WEIGHT_BYTE`). ``local_attention``:
     how ModernBERT's sliding-window layers attend, ``banded`` (blocks, linear in the length) or ``full``
-    (n×n scores masked afterwards, the form before banded existed).
+    (n×n scores masked afterwards, the form before banded existed). ``long_lengths``: the token
+    lengths fp32 is also checked at (one long pair each; ``()`` for none — the check's reference at
+    7,999 tokens is most of a small model's export time), listed in the manifest when checked.
     """
     precisions = _check_request(precisions, int8_method)
     if local_attention not in LOCAL_ATTENTION_FORMS:
@@ -94,7 +98,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     # First, so the torch model is gone before any graph is built or loaded: at the end (as before) the
     # 1b's export peaked at 14.4 GB with it loaded on top of what quantization had left in the heap.
     heads = int(src.config.get("num_attention_heads", 1))
-    long = calibration.long_check(tokenizer, _flops_per_token(src, weight_bytes), heads)
+    long = calibration.long_check(tokenizer, _flops_per_token(src, weight_bytes), heads, tuple(long_lengths))
     scored = score_reference(src, calib.token_ids + long.token_ids, tokenizer.pad_id)[:, 0]
     reference, long_reference = scored[:len(calib.token_ids)], scored[len(calib.token_ids):]
     gate_s = time.perf_counter() - gate_started
@@ -106,12 +110,20 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
         form = {"graph_form": graph_form}
         if graph_form == "native-modernbert":
             form["local_attention"] = local_attention
-        graphs = {"fp32": {"file": fp32_path.name, **form}}
+        graphs = {"fp32": {"file": fp32_path.name, **form,
+                           "tensorrt": tensorrt_rules.check_graph(fp32_path).report()}}
         context = PassContext(_encoder_layers(src), calibration.quantization_batches(tokenizer, size))
         for precision in precisions[1:]:
             say(f"[4/6] writing the {precision} graph")
             graphs[precision] = {**form,
                                  **write_precision(precision, fp32_path, context, int8_method)}
+            if "tensorrt" in graphs[precision]:
+                say(f"      {precision}: {tensorrt_rules.summarize(graphs[precision]['tensorrt'])}")
+            if precision == "int8" and int8_method == "symmetric" and \
+                    not graphs[precision]["tensorrt"]["tensorrt_conformant"]:
+                raise UnsupportedModelError(  # the form exists for TensorRT: a graph it cannot read is a bug
+                    "the symmetric int8 graph breaks TensorRT's ONNX rules: "
+                    f"{tensorrt_rules.summarize(graphs[precision]['tensorrt'])}")
             _release_memory()
 
         say(f"[5/6] parity: scoring the calibration pairs with {', '.join(precisions)}")

@@ -181,3 +181,18 @@ def test_the_gate_checks_fp32_at_long_lengths(distilled_artifact):
     tolerance = parity.DEFAULT_TOLERANCES["fp32"]
     assert parity.check_long_lengths(graph, check, 50283, right[:, 0], 10.0, tolerance)["passed"]
     assert not parity.check_long_lengths(graph, check, 50283, right[:, 0] + 0.01, 10.0, tolerance)["passed"]
+
+
+def test_the_long_check_takes_the_lengths_asked_for(tiny_artifact):
+    """``export(long_lengths=…)``: the fixtures ask for 512 and 2,048 (conftest), and that is what their gate ran."""
+    from rerankrt.engine.artifact import load_artifact
+    from rerankrt.engine.tokenize import PairTokenizer
+    from rerankrt.export import calibration
+
+    from conftest import FIXTURE_LONG_LENGTHS
+
+    manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+    assert manifest["parity"]["results"]["fp32"]["long_lengths"]["lengths"] == list(FIXTURE_LONG_LENGTHS)
+    tokenizer = PairTokenizer.for_artifact(load_artifact(tiny_artifact))
+    assert [len(t) for t in calibration.long_check(tokenizer, 1e6, 4, (300,)).token_ids] == [300]
+    assert not calibration.long_check(tokenizer, 1e6, 4, ()).token_ids

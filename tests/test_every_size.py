@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 from rerankrt.engine import Reranker
 
 from builders import ETTIN_SHAPES, make_ettin_fixture
-from conftest import RANDOM_WEIGHT_TOLERANCES, random_weight_tolerances, realistic_pairs
+from conftest import FIXTURE_LONG_LENGTHS, RANDOM_WEIGHT_TOLERANCES, random_weight_tolerances, realistic_pairs
 
 CI_SIZES = ("17m",)
 SIZES = [pytest.param(size, marks=() if size in CI_SIZES else pytest.mark.slow)
@@ -33,7 +33,7 @@ def test_every_ettin_size_exports_and_scores_like_sentence_transformers(size, tm
 
     model = make_ettin_fixture(tmp_path / f"ettin-{size}", size, tokenizer_file=local_tokenizer)
     artifact = export(str(model), tmp_path / "artifact", precisions=["fp32", "int8"],
-                      tolerances=random_weight_tolerances(), log=None)
+                      tolerances=random_weight_tolerances(), long_lengths=FIXTURE_LONG_LENGTHS, log=None)
     manifest = json.loads((artifact / "manifest.json").read_text())
     hidden, layers, _, _ = ETTIN_SHAPES[size]
     assert manifest["architecture"]["num_hidden_layers"] == layers

@@ -14,6 +14,8 @@ from rerankrt.export.parity import Tolerance
 from rerankrt.export.pipeline import export
 from rerankrt.export.source import read_source
 
+from conftest import FIXTURE_LONG_LENGTHS
+
 
 def test_source_reads_the_modular_ettin_layout(tiny_model):
     src = read_source(str(tiny_model))
@@ -89,12 +91,13 @@ def test_parity_failure_writes_nothing_and_reports(tmp_path, tiny_model):
     impossible = {"int8": Tolerance(max_rel_delta=1e-9, min_spearman=1.0, min_top10=1.0)}
     out = tmp_path / "art"
     with pytest.raises(ParityError, match="int8") as info:
-        export(str(tiny_model), out, precisions=["fp32", "int8"], tolerances=impossible, log=None)
+        export(str(tiny_model), out, precisions=["fp32", "int8"], tolerances=impossible,
+               long_lengths=FIXTURE_LONG_LENGTHS, log=None)
     assert not info.value.report["int8"]["passed"] and info.value.report["fp32"]["passed"]
     assert not out.exists()
     assert not list(tmp_path.glob(".art.staging-*"))  # no staging debris
     export(str(tiny_model), out, precisions=["fp32", "int8"], tolerances=impossible, allow_parity_failure=True,
-           log=None)
+           long_lengths=FIXTURE_LONG_LENGTHS, log=None)
     m = json.loads((out / "manifest.json").read_text())
     assert m["parity"]["allowed_failures"] and not m["parity"]["results"]["int8"]["passed"]
 
@@ -104,11 +107,11 @@ def test_existing_output_is_never_lost(tmp_path, tiny_model):
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     with pytest.raises(Exception, match="overwrite"):
-        export(str(tiny_model), out, precisions=["fp32"], log=None)
+        export(str(tiny_model), out, precisions=["fp32"], long_lengths=FIXTURE_LONG_LENGTHS, log=None)
     assert (out / "precious.txt").read_text() == "keep me"
     # a failing overwrite leaves the old directory as it was
     with pytest.raises(ParityError):
-        export(str(tiny_model), out, precisions=["fp32"], overwrite=True, log=None,
+        export(str(tiny_model), out, precisions=["fp32"], overwrite=True, long_lengths=FIXTURE_LONG_LENGTHS, log=None,
                tolerances={"fp32": Tolerance(max_rel_delta=0.0, min_spearman=1.1, min_top10=1.0)})
     assert (out / "precious.txt").read_text() == "keep me"
 
@@ -117,13 +120,15 @@ def test_user_calibration_file(tmp_path, tiny_model):
     cal = tmp_path / "cal.jsonl"
     cal.write_text("\n".join(json.dumps({"query": f"q{i % 3}", "document": "river " * (5 + 40 * i)})
                              for i in range(12)) + "\n")
-    out = export(str(tiny_model), tmp_path / "art", precisions=["fp32"], calibration_file=cal, log=None)
+    out = export(str(tiny_model), tmp_path / "art", precisions=["fp32"], calibration_file=cal,
+                 long_lengths=FIXTURE_LONG_LENGTHS, log=None)
     m = json.loads((out / "manifest.json").read_text())
     assert m["parity"]["calibration"]["pairs"] == 12 and m["parity"]["calibration"]["groups"] == 3
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
-        export(str(tiny_model), tmp_path / "art2", precisions=["fp32"], calibration_file=bad, log=None)
+        export(str(tiny_model), tmp_path / "art2", precisions=["fp32"], calibration_file=bad,
+               long_lengths=FIXTURE_LONG_LENGTHS, log=None)
 
 
 def test_mean_pooling_modular_model(tmp_path, local_tokenizer):
@@ -135,7 +140,7 @@ def test_mean_pooling_modular_model(tmp_path, local_tokenizer):
 
     model = make_ettin_fixture(tmp_path / "mean", "tiny", tokenizer_file=local_tokenizer, pooling="mean",
                                initializer_range=0.1, max_length=256)
-    art = export(str(model), tmp_path / "mean-art", precisions=["fp32"], log=None)
+    art = export(str(model), tmp_path / "mean-art", precisions=["fp32"], long_lengths=FIXTURE_LONG_LENGTHS, log=None)
     pairs = [("a query", "river " * n) for n in (1, 10, 100, 400)]
     ref = CrossEncoder(str(model), device="cpu").predict(pairs)
     ours = Reranker.from_pretrained(art).predict(pairs)

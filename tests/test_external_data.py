@@ -17,7 +17,7 @@ import pytest
 from rerankrt.engine import Reranker
 from rerankrt.engine.errors import ArtifactError, InsufficientMemoryError
 
-from conftest import random_weight_tolerances, realistic_pairs
+from conftest import FIXTURE_LONG_LENGTHS, random_weight_tolerances, realistic_pairs
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def external_artifact(tmp_path_factory, tiny_model):
     patch.setattr(external_data, "EXTERNAL_DATA_FROM_BYTES", 0)  # and every later stage saves that way
     try:
         return export(str(tiny_model), tmp_path_factory.mktemp("ext") / "artifact",
-                      precisions=["fp32", "fp16", "int8"], tolerances=random_weight_tolerances(), log=None)
+                      precisions=["fp32", "fp16", "int8"], tolerances=random_weight_tolerances(),
+                      long_lengths=FIXTURE_LONG_LENGTHS, log=None)
     finally:
         patch.undo()
 
@@ -105,7 +106,7 @@ def test_a_load_or_export_that_cannot_fit_is_refused_before_it_starts(monkeypatc
         Reranker.from_pretrained(tiny_artifact, precision="fp32", backend="onnxruntime")
     assert info.value.needed_bytes > info.value.available_bytes == 50 << 20
     with pytest.raises(InsufficientMemoryError, match="exporting"):
-        export(str(tiny_model), tmp_path / "out", precisions=["fp32"], log=None)
+        export(str(tiny_model), tmp_path / "out", precisions=["fp32"], long_lengths=FIXTURE_LONG_LENGTHS, log=None)
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 

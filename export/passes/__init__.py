@@ -16,6 +16,7 @@ import onnx
 
 from rerankrt.engine.artifact import graph_file_name
 
+from .. import tensorrt_rules
 from ..external_data import save_model
 from . import embedding_int8, fp16, int8_dynamic, int8_static
 from .base import Pass, PassContext
@@ -36,6 +37,11 @@ RECIPES: dict[str, Recipe] = {
     "fp16": Recipe((Pass("fp16", fp16.apply),), "GPU execution providers"),
     "int8-static": Recipe((Pass("int8_static", int8_static.apply), _EMBEDDING_INT8), _INT8_TARGET),
     "int8-dynamic": Recipe((Pass("int8_dynamic", int8_dynamic.apply), _EMBEDDING_INT8), _INT8_TARGET),
+    # TensorRT's form (tensorrt_rules.py): symmetric int8 activations, 8-bit per-channel weights, the embedding
+    # through DequantizeLinear; onnxruntime and OpenVINO run it too (their speed: bench_int8_tensorrt_form.py)
+    "int8-symmetric": Recipe((Pass("int8_symmetric", int8_static.apply_symmetric),
+                              Pass("embedding_int8_dequantize", embedding_int8.apply_dequantize)),
+                             "TensorRT (explicit Q/DQ); also onnxruntime and OpenVINO"),
 }
 
 # Precisions without a file of their own: OpenVINO runs the fp32 graph with a bf16 inference-precision hint.
@@ -67,4 +73,5 @@ def write_precision(precision: str, fp32_path: Path, context: PassContext, int8_
     entry = {"file": out_path.name}
     for report in reports:  # later passes' fields on top
         entry.update({key: value for key, value in report.items() if key != "pass"})
-    return {**entry, "intended_for": recipe.intended_for, "passes": reports}
+    return {**entry, "intended_for": recipe.intended_for, "passes": reports,
+            "tensorrt": tensorrt_rules.check_graph(out_path).report()}

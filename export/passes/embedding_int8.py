@@ -58,8 +58,15 @@ def find_embedding_table(model: onnx.ModelProto, ids_input: str = IDS_INPUT) -> 
     return table, ""
 
 
-def quantize_embedding_table(model: onnx.ModelProto, ids_input: str = IDS_INPUT) -> dict:
-    """Rewrite ``model`` in place; returns what changed (or why nothing did), for the manifest."""
+def quantize_embedding_table(model: onnx.ModelProto, ids_input: str = IDS_INPUT, form: str = "gather") -> dict:
+    """Rewrite ``model`` in place; returns what changed (or why nothing did), for the manifest.
+
+    ``form="gather"``: ``Gather(int8) → Cast → Mul(row scales)`` (the CPU form, module docstring);
+    ``form="dequantize"``: ``DequantizeLinear(int8 table, row scales, zero point 0, axis=0) → Gather``, the
+    only int8 form TensorRT reads (8-bit data only through DequantizeLinear).
+    """
+    if form not in ("gather", "dequantize"):
+        raise ValueError(f"embedding form must be 'gather' or 'dequantize', got {form!r}")
     graph = model.graph
     table_name, why_not = find_embedding_table(model, ids_input)
     if table_name is None:
@@ -70,6 +77,18 @@ def quantize_embedding_table(model: onnx.ModelProto, ids_input: str = IDS_INPUT)
     quantized, scale = quantize_rows(table)
     q_name, s_name = f"{table_name}.int8", f"{table_name}.row_scale"
     graph.initializer.remove(inits[table_name])
+    if form == "dequantize":
+        zero_name = f"{table_name}.zero_point"
+        graph.initializer.extend([numpy_helper.from_array(quantized, q_name),
+                                  numpy_helper.from_array(scale.reshape(-1), s_name),
+                                  numpy_helper.from_array(np.zeros(len(scale), dtype=np.int8), zero_name)])
+        first = min(i for i, _ in users)
+        graph.node.insert(first, helper.make_node("DequantizeLinear", [q_name, s_name, zero_name], [table_name],
+                                                  f"{table_name}.dequantize", axis=0))
+        error = np.abs(quantized.astype(np.float32) * scale - table)
+        return {"embedding": "int8, symmetric per-row scales (DequantizeLinear → Gather)",
+                "embedding_bytes": {"before": int(table.nbytes), "after": int(quantized.nbytes + scale.nbytes)},
+                "embedding_max_abs_error": float(error.max())}
     graph.initializer.extend([numpy_helper.from_array(quantized, q_name), numpy_helper.from_array(scale, s_name)])
 
     for index, node in reversed(users):  # reversed: inserting keeps earlier indices valid
@@ -94,3 +113,8 @@ def quantize_embedding_table(model: onnx.ModelProto, ids_input: str = IDS_INPUT)
 def apply(graph: Graph, out_path: Path, context: PassContext) -> tuple[onnx.ModelProto, dict]:
     model = load_model(graph)
     return model, quantize_embedding_table(model)
+
+
+def apply_dequantize(graph: Graph, out_path: Path, context: PassContext) -> tuple[onnx.ModelProto, dict]:
+    model = load_model(graph)
+    return model, quantize_embedding_table(model, form="dequantize")

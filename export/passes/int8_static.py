@@ -39,7 +39,7 @@ class _BatchReader:
 
 def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batches: list[tuple],
                          keep_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS, per_channel: bool = True,
-                         reduce_range: bool = True) -> dict:
+                         reduce_range: bool = True, symmetric_activations: bool = False) -> dict:
     """Calibrated static int8 in the Q/DQ format: one file onnxruntime, OpenVINO and TensorRT all read.
 
     Activation ranges come from the calibration batches (MinMax); weights are int8 per channel
@@ -64,10 +64,12 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
     # onnxruntime's calibration cache, so its calibrator (three more copies of the weights) never runs.
     large = is_external(fp32_path)
     options = dict(quant_format=QuantFormat.QDQ, use_external_data_format=large,
-                   activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                   activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+                   weight_type=QuantType.QInt8, per_channel=per_channel,
                    reduce_range=reduce_range, nodes_to_quantize=nodes, op_types_to_quantize=[OP_TYPE],
                    calibrate_method=CalibrationMethod.MinMax,
                    extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
+                                  "ActivationSymmetric": symmetric_activations,
                                   "OpTypesToExcludeOutputQuantization": [OP_TYPE]})
     ranges = None
     if minmax_ranges.cache_supported():
@@ -85,7 +87,8 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
         quantize_static(str(fp32_path), str(out_path), _BatchReader(batches), **options)
         calibrator = "onnxruntime MinMaxCalibrater"
     return {"method": "onnxruntime.quantize_static (QDQ, MinMax calibration)", "weight_type": "int8",
-            "activation_type": "uint8", "per_channel": per_channel,
+            "activation_type": "int8, symmetric (zero point 0)" if symmetric_activations else "uint8",
+            "per_channel": per_channel,
             "weight_bits": 7 if reduce_range else 8, "quantized_matmuls": len(nodes),
             "quantized_tensors": "MatMul inputs (outputs stay float)",
             "calibration_batches": len(batches), "calibrator": calibrator,
@@ -95,3 +98,15 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
 def apply(graph: Graph, out_path: Path, context: PassContext) -> tuple[Path, dict]:
     return out_path, quantize_int8_static(model_file(graph, "int8_static"), out_path, context.num_layers,
                                           context.calibration_batches)
+
+
+def apply_symmetric(graph: Graph, out_path: Path, context: PassContext) -> tuple[Path, dict]:
+    """The TensorRT form: activations int8 with zero point 0 too (TensorRT's Q/DQ rule), 8-bit weights.
+
+    Why 8-bit weights here (not the CPU form's 7-bit ``reduce_range``): the 7-bit range exists for
+    x86 u8×s8 kernels without VNNI, whose 16-bit intermediate sums would overflow; a GPU's int8
+    tensor cores have no such limit, and the full range halves the weights' rounding error.
+    """
+    return out_path, quantize_int8_static(model_file(graph, "int8_symmetric"), out_path, context.num_layers,
+                                          context.calibration_batches, reduce_range=False,
+                                          symmetric_activations=True)
