@@ -24,7 +24,6 @@ import argparse
 import random
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +67,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    import onnxruntime as ort
-    import openvino as ov
     from scipy.stats import spearmanr
 
     from rerankrt.engine.artifact import load_artifact
-    from rerankrt.engine.batching import BatchPolicy, pad_batch, plan_batches
     from rerankrt.engine.hardware import cpu_info
     from rerankrt.engine.tokenize import PairTokenizer
     from rerankrt.export import calibration
@@ -87,32 +83,16 @@ def main() -> None:
     queries = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "queries.jsonl"), 3)
     docs = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "corpus.jsonl"), 100)
     ids = tokenizer.encode([(q, d) for q in queries for d in docs])
-    lengths = np.array([len(t) for t in ids])
-
-    def batches(multiple: int):
-        policy = BatchPolicy(token_budget=2048, max_batch_size=256, pad_to_multiple_of=multiple)
-        return [pad_batch(ids, b, spec["pad_id"], multiple) for b in plan_batches(lengths, policy)]
-
-    by_multiple = {1: batches(1), 16: batches(16)}
+    by_multiple = common.batches_by_multiple(ids, spec["pad_id"])
 
     def openvino(path: Path, hint: str):
-        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": common.THREADS}
-        request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
-        return lambda i, m: request.infer({"input_ids": i, "attention_mask": m})[0]
+        return common.graph_runner(path, "openvino", hint)
 
     def onnxruntime(path: Path):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = common.THREADS
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda i, m: session.run(None, {"input_ids": i, "attention_mask": m})[0]
+        return common.graph_runner(path, "onnxruntime")
 
     def one_pass(run, multiple: int) -> tuple[np.ndarray, float]:
-        out = np.empty(len(ids), np.float32)
-        started = time.perf_counter()
-        for batch in by_multiple[multiple]:
-            out[batch.indices] = np.asarray(run(batch.input_ids, batch.attention_mask)).reshape(-1)
-        return out, time.perf_counter() - started
+        return common.scored_pass(run, by_multiple[multiple], len(ids))
 
     fp32_path = artifact.graph("fp32").path
     has_bf16 = cpu_info().has_bf16

@@ -25,7 +25,6 @@ import argparse
 import json
 import random
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     rounds, n_docs = (2, 20) if args.smoke else (args.rounds, 100)
 
-    import onnxruntime as ort
-    import openvino as ov
-    from scipy.stats import spearmanr
 
     from rerankrt.engine.artifact import load_artifact
-    from rerankrt.engine.batching import BatchPolicy, pad_batch, plan_batches
     from rerankrt.engine.hardware import cpu_info
     from rerankrt.engine.tokenize import PairTokenizer
     from rerankrt.export import tensorrt_rules
@@ -74,42 +69,16 @@ def main() -> None:
     docs = rng.sample(common.read_texts(common.NEGCONSTRAINT_DIR / "corpus.jsonl"), n_docs)
     ids = tokenizer.encode([(q, d) for q in queries for d in docs])
     groups = [i // n_docs for i in range(len(ids))]
-    lengths = np.array([len(t) for t in ids])
-
-    def batches(multiple: int):
-        policy = BatchPolicy(token_budget=2048, max_batch_size=256, pad_to_multiple_of=multiple)
-        return [pad_batch(ids, b, spec["pad_id"], multiple) for b in plan_batches(lengths, policy)]
-
-    by_multiple = {1: batches(1), 16: batches(16)}
+    by_multiple = common.batches_by_multiple(ids, spec["pad_id"])
 
     def openvino(path: Path, hint: str):
-        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": common.THREADS}
-        request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
-        return lambda i, m: request.infer({"input_ids": i, "attention_mask": m})[0]
+        return common.graph_runner(path, "openvino", hint)
 
     def onnxruntime(path: Path):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = common.THREADS
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda i, m: session.run(None, {"input_ids": i, "attention_mask": m})[0]
+        return common.graph_runner(path, "onnxruntime")
 
     def one_pass(run, multiple: int) -> tuple[np.ndarray, float]:
-        out = np.empty(len(ids), np.float32)
-        started = time.perf_counter()
-        for batch in by_multiple[multiple]:
-            out[batch.indices] = np.asarray(run(batch.input_ids, batch.attention_mask)).reshape(-1)
-        return out, time.perf_counter() - started
-
-    def top10(candidate: np.ndarray, reference: np.ndarray) -> float:
-        overlaps = []
-        for g in sorted(set(groups)):
-            rows = np.flatnonzero(np.asarray(groups) == g)
-            k = min(10, len(rows))
-            a = set(rows[np.argsort(-reference[rows])[:k]])
-            b = set(rows[np.argsort(-candidate[rows])[:k]])
-            overlaps.append(len(a & b) / k)
-        return float(np.mean(overlaps))
+        return common.scored_pass(run, by_multiple[multiple], len(ids))
 
     fp32_path = artifacts["static"].graph("fp32").path
     has_bf16 = cpu_info().has_bf16
@@ -137,16 +106,15 @@ def main() -> None:
     conformance = {f"int8-{m}": e["tensorrt"] for m, (_, e) in forms.items()}
     conformance["fp32"] = tensorrt_rules.check_graph(fp32_path).report()
 
-    score_range = float(reference.max() - reference.min())
     rows = []
     for key in configs:
         form, runtime, between = key
-        got = scores[key]
+        agree = common.agreement(reference, scores[key], groups)
         rows.append({"form": form, "runtime": runtime, "between_int8_matmuls": between,
                      "pairs_per_s": len(ids) / statistics.median(times[key]),
                      "pass_times_s": [round(t, 4) for t in times[key]],
-                     "max_rel_delta": float(np.abs(got - reference).max() / score_range),
-                     "spearman": float(spearmanr(got, reference).correlation), "top10": top10(got, reference),
+                     "max_rel_delta": agree["max_rel_delta"], "spearman": agree["spearman"],
+                     "top10": agree["top10_agreement"],
                      "file_mb": (sizes.get(form) or fp32_path.stat().st_size) / 1e6,
                      "tensorrt_conformant": conformance[form]["tensorrt_conformant"],
                      "gate": {k: gate[form].get(k) for k in GATE_KEYS}})

@@ -30,19 +30,19 @@ import contextlib
 import datetime as dt
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
+from bench_serve import build_requests, closed_loop, fmt_ms, free_port
 
 import common
 from common import say
+
+REPLICA_HEADER = "x-rerankrt-replica"  # the Serve replica that answered (integrations/ray_serve.py)
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
@@ -52,19 +52,6 @@ LEVELS = (1, 4, 16, 32)
 
 def requests_for_level(concurrency: int, smoke: bool) -> int:
     return 6 if smoke else max(16, 3 * concurrency)
-
-
-def build_requests(n: int, docs: int, seed: int = 0) -> list[dict]:
-    rng = random.Random(seed)
-    queries = common.read_texts(common.NEGCONSTRAINT_DIR / "queries.jsonl")
-    corpus = common.read_texts(common.NEGCONSTRAINT_DIR / "corpus.jsonl")
-    return [{"query": rng.choice(queries), "documents": rng.sample(corpus, docs)} for _ in range(n)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- the Ray side: a worker process that owns a local Ray instance and one Serve application -------
@@ -166,46 +153,6 @@ class System:
 
 
 # -- load ----------------------------------------------------------------------------------------
-async def closed_loop(url: str, requests: list[dict], concurrency: int) -> dict:
-    """``concurrency`` clients, each sending its next request as soon as the last one returned."""
-    import httpx
-
-    todo = iter(requests)
-    latencies: list[float] = []
-    statuses: list[int] = []
-    replicas: Counter[str] = Counter()
-    pairs = 0
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal pairs
-        for body in todo:
-            started = time.perf_counter()
-            response = await client.post(url, json=body)
-            latencies.append(time.perf_counter() - started)
-            statuses.append(response.status_code)
-            if response.status_code == 200:
-                pairs += len(body["documents"])
-                replicas[response.headers.get("x-rerankrt-replica", "-")] += 1
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    ok = [lat for lat, s in zip(latencies, statuses) if s == 200]
-    return {"concurrency": concurrency, "requests": len(requests), "docs_per_request": len(requests[0]["documents"]),
-            "ok": len(ok), "errors": {str(s): statuses.count(s) for s in set(statuses) if s != 200},
-            "seconds": elapsed, "pairs_per_s": pairs / elapsed, "by_replica": sorted(replicas.values(), reverse=True),
-            **percentiles(ok)}
-
-
-def percentiles(latencies: list[float]) -> dict:
-    if not latencies:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None}
-    ms = 1000 * np.asarray(latencies)
-    return {f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)}
-
-
 def stalled_probe(system: System, sockets: int, wait_s: float) -> dict:
     """``sockets`` connections that send half a request head and stall: how many the server closed after ``wait_s``."""
     import httpx
@@ -244,13 +191,13 @@ def measure(system: System, artifact: Path, setup: dict, levels: list[int], requ
     say(f"  ready in {system.ready_s:.1f} s")
     try:
         warm = requests[:2 * (system.replicas or 1)]
-        asyncio.run(closed_loop(f"{system.url}/v1/rerank", warm, len(warm)))
+        asyncio.run(closed_loop(f"{system.url}/v1/rerank", warm, len(warm), REPLICA_HEADER))
         rows = []
         for level in levels:
             batch = requests[:requests_for_level(level, setup["smoke"])]
-            row = asyncio.run(closed_loop(f"{system.url}/v1/rerank", batch, level))
+            row = asyncio.run(closed_loop(f"{system.url}/v1/rerank", batch, level, REPLICA_HEADER))
             say(f"  c={level}: {row['pairs_per_s']:.1f} pairs/s, p50 {fmt_ms(row['p50_ms'])}, p99 "
-                f"{fmt_ms(row['p99_ms'])}, errors {row['errors'] or '-'}, by replica {row['by_replica']}")
+                f"{fmt_ms(row['p99_ms'])}, errors {row['errors'] or '-'}, by replica {row['by_header']}")
             rows.append(row)
         rss = system.tree_rss_mib()
         probe = None
@@ -265,10 +212,6 @@ def measure(system: System, artifact: Path, setup: dict, levels: list[int], requ
 
 
 # -- report --------------------------------------------------------------------------------------
-def fmt_ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f} ms"
-
-
 def describe(s: dict) -> str:
     threads = f"{s['threads_per_replica']} thread{'s' if s['threads_per_replica'] > 1 else ''}"
     if s["replicas"] is None:
@@ -304,7 +247,7 @@ def markdown(report: dict, command: str) -> str:
             lines.append(f"| {s['system']} | {describe(s)} | {row['concurrency']} | {row['requests']} × "
                          f"{row['docs_per_request']} | {row['pairs_per_s']:.1f} | {fmt_ms(row['p50_ms'])} | "
                          f"{fmt_ms(row['p95_ms'])} | {fmt_ms(row['p99_ms'])} | {row['errors'] or '—'} | "
-                         f"{'/'.join(map(str, row['by_replica'])) if s['replicas'] else '—'} |")
+                         f"{'/'.join(map(str, row['by_header'])) if s['replicas'] else '—'} |")
     lines += ["", "## Start-up, memory, stalled connections", "",
               "| system | spawn → ready | RSS of the process tree after the load | stalled sockets closed by the "
               "server | a real request after |", "|---|---:|---:|---|---:|"]
@@ -360,7 +303,7 @@ def driver_main(args: argparse.Namespace) -> None:
     between = choose_inference_precision(load_artifact(model.artifact_dir), precision, backend)
     levels = [int(x) for x in (args.levels or ("1,4" if args.smoke else ",".join(map(str, LEVELS)))).split(",")]
     docs = 10 if args.smoke else DOCS_PER_REQUEST
-    requests = build_requests(max(requests_for_level(c, args.smoke) for c in levels), docs)
+    requests = build_requests(max(requests_for_level(c, args.smoke) for c in levels), docs=docs)
     stalled = args.stalled if args.stalled is not None else (8 if args.smoke else 32)
     header_timeout = args.header_timeout if args.header_timeout is not None else (2.0 if args.smoke else 10.0)
     setup = {"model": model.name, "precision": precision, "backend": backend, "precision_source": how,

@@ -135,12 +135,16 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 # -- load ----------------------------------------------------------------------------------------
-async def closed_loop(url: str, requests: list[dict], concurrency: int) -> dict:
-    """``concurrency`` clients, each sending its next request as soon as the last one returned."""
+async def closed_loop(url: str, requests: list[dict], concurrency: int, count_header: str | None = None) -> dict:
+    """``concurrency`` clients, each sending its next request as soon as the last one returned.
+
+    ``count_header``: also count the 200s by that response header's value (``by_header``: counts, largest
+    first), e.g. which Ray Serve replica answered."""
     import httpx
 
     todo = iter(requests)
     latencies, statuses, pairs = [], [], 0
+    by_header: dict[str, int] = {}
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         nonlocal pairs
@@ -150,6 +154,9 @@ async def closed_loop(url: str, requests: list[dict], concurrency: int) -> dict:
             latencies.append(time.perf_counter() - started)
             statuses.append(response.status_code)
             pairs += len(body["documents"]) if response.status_code == 200 else 0
+            if count_header and response.status_code == 200:
+                value = response.headers.get(count_header, "-")
+                by_header[value] = by_header.get(value, 0) + 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
@@ -159,7 +166,8 @@ async def closed_loop(url: str, requests: list[dict], concurrency: int) -> dict:
     ok = [lat for lat, s in zip(latencies, statuses) if s == 200]
     return {"concurrency": concurrency, "requests": len(requests), "docs_per_request": len(requests[0]["documents"]),
             "ok": len(ok), "errors": {str(s): statuses.count(s) for s in set(statuses) if s != 200},
-            "seconds": elapsed, "pairs_per_s": pairs / elapsed, **percentiles(ok)}
+            "seconds": elapsed, "pairs_per_s": pairs / elapsed, **percentiles(ok),
+            **({"by_header": sorted(by_header.values(), reverse=True)} if count_header else {})}
 
 
 async def open_loop(url: str, requests: list[dict], rate: float) -> dict:

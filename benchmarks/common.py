@@ -230,6 +230,45 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def graph_runner(path: Path, runtime: str, hint: str = "f32", threads: int = THREADS) -> Callable:
+    """``run(input_ids, attention_mask) -> logits`` of a bare OpenVINO (``hint``: its inference precision) or
+    onnxruntime CPU session on one graph file: what the graph-form benchmarks time, without the engine around it."""
+    if runtime == "openvino":
+        import openvino as ov
+
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+        return lambda i, m: request.infer({"input_ids": i, "attention_mask": m})[0]
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda i, m: session.run(None, {"input_ids": i, "attention_mask": m})[0]
+
+
+def batches_by_multiple(ids: list[list[int]], pad_id: int, multiples: tuple[int, ...] = (1, 16)) -> dict[int, list]:
+    """``ids`` in the engine's token-budget batches (2,048 tokens, ≤ 256 rows), padded to each width multiple
+    (16: OpenVINO int8's shape buckets)."""
+    from rerankrt.engine.batching import BatchPolicy, pad_batch, plan_batches
+
+    lengths = np.array([len(t) for t in ids])
+    out = {}
+    for multiple in multiples:
+        policy = BatchPolicy(token_budget=2048, max_batch_size=256, pad_to_multiple_of=multiple)
+        out[multiple] = [pad_batch(ids, b, pad_id, multiple) for b in plan_batches(lengths, policy)]
+    return out
+
+
+def scored_pass(run: Callable, batches: list, rows: int) -> tuple[np.ndarray, float]:
+    """One pass of ``run`` over ``batches``: the scores in input order and the seconds it took."""
+    out = np.empty(rows, np.float32)
+    started = time.perf_counter()
+    for batch in batches:
+        out[batch.indices] = np.asarray(run(batch.input_ids, batch.attention_mask)).reshape(-1)
+    return out, time.perf_counter() - started
+
+
 def pass_seconds(fn: Callable[[], object], passes: int = 3) -> list[float]:
     """Seconds of each of ``passes`` calls of ``fn`` (the caller warms up first)."""
     times = []

@@ -113,6 +113,17 @@ def classic_modernbert_model(work, local_tokenizer) -> Path:
     return make_classic_fixture(work / "classic-modernbert", tokenizer_file=local_tokenizer, kind="modernbert")
 
 
+def whole_tokens(reranker, text: str) -> list[int]:
+    """``text``'s token ids with the reranker's own tokenizer, untruncated and without special tokens:
+    what the truncation and window tests cut by hand, independently of the code under test."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(reranker.artifact.tokenizer_path))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok.encode(text, add_special_tokens=False).ids
+
+
 def realistic_pairs(n_queries: int = 6, n_docs: int = 12, seed: int = 0) -> list[tuple[str, str]]:
     """Mixed-length pairs: from ../shared/data when present, else generated text."""
     import json

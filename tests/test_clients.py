@@ -21,7 +21,7 @@ from live_server import LiveServer  # noqa: E402
 from rerankrt.engine import Reranker  # noqa: E402
 from rerankrt.engine.server import ServerConfig, create_app  # noqa: E402
 
-from conftest import EDGE_PAIRS, realistic_pairs  # noqa: E402
+from conftest import EDGE_PAIRS, realistic_pairs, whole_tokens  # noqa: E402
 
 CLS, SEP = 50281, 50282
 
@@ -54,15 +54,6 @@ def _docs(n_docs=20):
     return pairs[0][0], [d for _, d in pairs] + [d for _, d in EDGE_PAIRS if d]
 
 
-def _whole_tokens(reranker, text: str) -> list[int]:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(reranker.artifact.tokenizer_path))
-    tok.no_truncation()
-    tok.no_padding()
-    return tok.encode(text, add_special_tokens=False).ids
-
-
 # -- Cohere v2 (/v2/rerank) -----------------------------------------------------------------------------
 def test_cohere_v2_client_ranks_like_predict(live, reranker):
     query, docs = _docs()
@@ -84,9 +75,9 @@ def test_cohere_v2_max_tokens_per_doc_scores_the_first_tokens(live, reranker):
     cap = 16
     co = cohere.ClientV2(api_key="secret-key", base_url=live.url)
     res = co.rerank(model="tiny", query=query, documents=docs, max_tokens_per_doc=cap)
-    q = _whole_tokens(reranker, query)
+    q = whole_tokens(reranker, query)
     for r in res.results:
-        d = _whole_tokens(reranker, docs[r.index])
+        d = whole_tokens(reranker, docs[r.index])
         ids = [CLS, *q, SEP, *d[:cap], SEP]
         assert r.relevance_score == pytest.approx(float(_sigmoid(reranker.logits_for_token_ids([ids])[0, 0])),
                                                   abs=1e-6)
@@ -160,12 +151,12 @@ def test_tei_truncation_direction_cuts_the_named_end(live, short_reranker, direc
                     "truncation_direction": direction})
     assert r.status_code == 200, r.text
     got = {x["index"]: x["score"] for x in r.json()}
-    q = _whole_tokens(short_reranker, query)
+    q = whole_tokens(short_reranker, query)
     room = 48 - 3 - len(q)
     assert room > 0
     cut = 0
     for i, doc in enumerate(docs):
-        d = _whole_tokens(short_reranker, doc)
+        d = whole_tokens(short_reranker, doc)
         cut += len(d) > room
         kept = d[-room:] if direction.lower() == "left" and len(d) > room else d[:room]
         ids = [CLS, *q, SEP, *kept, SEP]

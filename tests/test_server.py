@@ -30,7 +30,7 @@ from rerankrt.engine.backends import BackendBase  # noqa: E402
 from rerankrt.engine.batching import BatchPolicy  # noqa: E402
 from rerankrt.engine.server import ServerConfig, create_app  # noqa: E402
 
-from conftest import EDGE_PAIRS, realistic_pairs  # noqa: E402
+from conftest import EDGE_PAIRS, realistic_pairs, whole_tokens  # noqa: E402
 
 
 class SlowBackend(BackendBase):
@@ -468,15 +468,6 @@ def test_auth_is_checked_before_the_body_is_read_and_concurrency_is_capped(reran
 
 
 # -- long documents (issue 17): Cohere's max_tokens_per_doc and chunking ------------------------------
-def _whole_tokens(reranker, text: str) -> list[int]:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(reranker.artifact.tokenizer_path))
-    tok.no_truncation()
-    tok.no_padding()
-    return tok.encode(text, add_special_tokens=False).ids
-
-
 def test_max_tokens_per_doc_cuts_each_document_there(live, reranker):
     """Cohere v2's per-document cap: the score of each document is that of its first N tokens, scored
     as a pair of its own (the independent check: the cut made here from the tokenizer, then predict's ids),
@@ -486,10 +477,10 @@ def test_max_tokens_per_doc_cuts_each_document_there(live, reranker):
     r = live.post("/v1/rerank", {"query": query, "documents": docs, "raw_scores": True, "max_tokens_per_doc": cap})
     assert r.status_code == 200, r.text
     got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
-    q = _whole_tokens(reranker, query)
+    q = whole_tokens(reranker, query)
     cut = 0
     for i, doc in enumerate(docs):
-        d = _whole_tokens(reranker, doc)
+        d = whole_tokens(reranker, doc)
         cut += len(d) > cap
         ids = [50281, *q, 50282, *d[:min(cap, reranker.max_length - 3 - len(q))], 50282]
         assert got[i] == pytest.approx(float(reranker.logits_for_token_ids([ids])[0, 0]), abs=1e-5)

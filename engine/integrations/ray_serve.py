@@ -92,10 +92,9 @@ from typing import Any
 
 from ray import serve
 
-from ..reranker import Reranker
-from ..server.app import create_app, model_name
+from ..server.app import create_app
 from ..server.config import ServerConfig
-from ..server.main import parse_model_specs
+from ..server.main import load_named_models, parse_model_specs
 
 log = logging.getLogger("rerankrt.server")
 
@@ -138,18 +137,6 @@ class ReplicaMiddleware:
         await self.app(scope, receive, send_tagged)
 
 
-def load_models(models: Sequence[tuple[str | None, str]], reranker_options: Mapping[str, Any]) -> dict[str, Reranker]:
-    """``(name or None, artifact)`` → name → Reranker; an unnamed model takes its hub id or directory name."""
-    loaded: dict[str, Reranker] = {}
-    for name, path in models:
-        reranker = Reranker.from_pretrained(path, **reranker_options)
-        name = name or model_name(reranker)
-        if name in loaded:
-            raise ValueError(f"two models are named {name!r}; name them explicitly")
-        loaded[name] = reranker
-    return loaded
-
-
 def replica_id() -> str:
     """This Serve replica's id (``app#deployment#tag``), or ``local`` outside Serve."""
     try:
@@ -175,7 +162,7 @@ class RerankrtDeployment:
 
             configure_exporter()
         self.replica = replica_id()
-        self.models = load_models(models, reranker_options)
+        self.models = load_named_models(models, **reranker_options)
         self.config = server_config
         self.server_app: Any = None  # not `app`: Serve's ASGI wrapper, a base class here, has that property
         log.info("replica %s: %s", self.replica, ", ".join(self.models))

@@ -303,8 +303,9 @@ class ServerState:
         finally:
             if reservation is not None:
                 reservation.release()
-        trace.set(**{"rerankrt.model": name, "rerankrt.documents": len(texts), "rerankrt.pairs": len(token_ids),
-                     "rerankrt.tokens": encoded.tokens, "rerankrt.truncated": int(truncated.sum())})
+        if trace.enabled:  # the attributes cost a sum over the request: only when traced
+            trace.set(**{"rerankrt.model": name, "rerankrt.documents": len(texts), "rerankrt.pairs": len(token_ids),
+                         "rerankrt.tokens": encoded.tokens, "rerankrt.truncated": int(truncated.sum())})
         try:
             logits = await self._await_job(request, job, deadline, timeout)
         finally:  # the scheduler stamped when the job's first rows entered a batch

@@ -47,8 +47,14 @@ def parse_model_specs(specs: Sequence[str]) -> list[tuple[str | None, str]]:
 
 
 def load_models(specs: Sequence[str], **reranker_options) -> dict[str, Reranker]:
+    """``[NAME=]ARTIFACT`` strings → name → Reranker (``load_named_models``)."""
+    return load_named_models(parse_model_specs(specs), **reranker_options)
+
+
+def load_named_models(named: Sequence[tuple[str | None, str]], **reranker_options) -> dict[str, Reranker]:
+    """``(name or None, artifact)`` → name → Reranker; an unnamed model takes its hub id or directory name."""
     models: dict[str, Reranker] = {}
-    for name, path in parse_model_specs(specs):
+    for name, path in named:
         reranker = Reranker.from_pretrained(path, **reranker_options)
         name = name or model_name(reranker)
         if name in models:

@@ -62,6 +62,10 @@ class RequestTrace:
                                        start_time=self._offset_ns + int(start * 1e9), attributes=attributes)
         span.end(end_time=self._offset_ns + int(end * 1e9))
 
+    @property
+    def enabled(self) -> bool:
+        return self._tracer is not None
+
     def set(self, **attributes: Any) -> None:
         if self.root is not None:
             self.root.set_attributes({k: v for k, v in attributes.items() if v is not None})
