@@ -3,8 +3,10 @@
 One pair per batch at several lengths (128 … 7,999 tokens of real text), fp32, on the distilled 17m:
 
 * ``rerankrt-banded``: the current export (sliding layers attend in blocks), onnxruntime and OpenVINO f32;
-* ``rerankrt-full``: the same export with ``--local-attention full`` (n×n scores masked afterwards: the
-  graph before this change), both backends;
+* ``rerankrt-unchunked``: the same export with ``--global-query-chunks 1`` (global layers score every query
+  row at once: the graph before query chunking), both backends;
+* ``rerankrt-full``: the export with ``--local-attention full --global-query-chunks 1`` (n×n scores masked
+  afterwards: the graph before banded attention), both backends;
 * ``plain``: ``torch.onnx.export`` of the PyTorch module (what a user would do), onnxruntime and OpenVINO f32.
 
 Every (system, length) runs in its own process: load, one warm-up call, then the median of ``--passes``
@@ -32,22 +34,27 @@ WORK = common.REPO_ROOT / "benchmarks" / "work"
 LENGTHS = (128, 256, 512, 2048, 4096, 7999)
 # Short pairs come in batches (the CPU token budget, 2,048 tokens, holds 16 × 128 or 4 × 512); long ones alone.
 ROWS = {128: 16, 256: 8, 512: 4}
-SYSTEMS = ("rerankrt-banded-ort", "rerankrt-banded-ov", "rerankrt-full-ort", "rerankrt-full-ov",
-           "plain-ort", "plain-ov")
-FORMS = {"banded": "17m-distilled-banded", "full": "17m-distilled-full"}
+SYSTEMS = ("rerankrt-banded-ort", "rerankrt-banded-ov", "rerankrt-unchunked-ort", "rerankrt-unchunked-ov",
+           "rerankrt-full-ort", "rerankrt-full-ov", "plain-ort", "plain-ov")
+# form → (artifact name, local attention, global query chunks)
+FORMS = {"banded": ("17m-distilled-banded", "banded", 16), "unchunked": ("17m-distilled-unchunked", "banded", 1),
+         "full": ("17m-distilled-full", "full", 1)}
 
 
 def artifact_for(form: str) -> Path:
     """The distilled 17m exported (fp32 only) with sliding layers in ``form``; cached under work/."""
     from rerankrt.export.pipeline import export
 
-    out = WORK / "artifacts" / FORMS[form]
+    name, local, chunks = FORMS[form]
+    out = WORK / "artifacts" / name
     manifest = out / "manifest.json"
     builder = common.REPO_ROOT / "export" / "graph.py"  # an artifact older than the graph builder is stale
     if (not manifest.is_file() or manifest.stat().st_mtime < builder.stat().st_mtime
-            or json.loads(manifest.read_text())["graphs"]["fp32"].get("local_attention") != form):
-        common.say(f"exporting the distilled 17m with local_attention={form}")
-        export(str(common.DISTILLED_DIR), out, precisions=["fp32"], overwrite=True, local_attention=form, log=None)
+            or json.loads(manifest.read_text())["graphs"]["fp32"].get("local_attention") != local
+            or json.loads(manifest.read_text())["graphs"]["fp32"].get("global_query_chunks") != chunks):
+        common.say(f"exporting the distilled 17m with local_attention={local}, global_query_chunks={chunks}")
+        export(str(common.DISTILLED_DIR), out, precisions=["fp32"], overwrite=True, local_attention=local,
+               global_query_chunks=chunks, long_lengths=(), log=None)
     return out
 
 
@@ -111,7 +118,7 @@ def _feed(ids: list[int], rows: int) -> dict[str, np.ndarray]:
 
 
 def child(args: argparse.Namespace) -> None:
-    artifacts = {form: WORK / "artifacts" / name for form, name in FORMS.items()}
+    artifacts = {form: WORK / "artifacts" / name for form, (name, _, _) in FORMS.items()}
     ids = token_ids(args.length)
     rows = ROWS.get(args.length, 1)
     started = time.perf_counter()
@@ -166,6 +173,15 @@ def targets(rows: list[dict]) -> list[dict]:
                 out.append({"target": f"{length} tokens on {backend}: banded vs full (same backend)",
                             "goal": "≥ 1.0× (per backend)", "ratio": ratio, "passed": ratio >= 1.0,
                             "detail": f"{banded['median_s'] * 1000:,.1f} ms vs {full['median_s'] * 1000:,.1f} ms"})
+    for length in sorted({r["length"] for r in rows}):  # query chunks of the global layers, per backend
+        for backend in ("ort", "ov"):
+            chunked, whole = best(f"rerankrt-banded-{backend}", length), best(f"rerankrt-unchunked-{backend}", length)
+            if chunked and whole:
+                ratio = whole["median_s"] / chunked["median_s"]
+                out.append({"target": f"{length} tokens on {backend}: query-chunked global layers vs unchunked",
+                            "goal": "≥ 1.0× (noise ±5%)", "ratio": ratio, "passed": ratio >= 0.95,
+                            "detail": f"{chunked['median_s'] * 1000:,.1f} ms ({chunked['peak_rss_mib']:,.0f} MiB) vs "
+                                      f"{whole['median_s'] * 1000:,.1f} ms ({whole['peak_rss_mib']:,.0f} MiB)"})
     longest = [r for r in rows if r["system"].startswith("rerankrt-banded") and r["length"] == max(LENGTHS)
                and "peak_rss_mib" in r]
     for r in longest:

@@ -41,7 +41,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
            revision=args.revision, max_length=args.max_length, calibration_file=args.calibration,
            tolerances=tolerances, allow_parity_failure=args.allow_parity_failure, overwrite=args.overwrite,
            threads=args.threads, int8_method=args.int8_method, gate_pairs=args.gate_pairs,
-           local_attention=args.local_attention,
+           local_attention=args.local_attention, global_query_chunks=args.global_query_chunks,
            check_memory=not args.no_memory_check)
     return 0
 
@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-attention", choices=["banded", "full"], default="banded",
                    help="ModernBERT sliding-window layers: banded (blocks of the window, linear in the length; "
                         "default) or full (n×n scores masked afterwards)")
+    p.add_argument("--global-query-chunks", type=int, default=16, metavar="N",
+                   help="ModernBERT global layers past 2,048 tokens score their queries in N consecutive chunks, "
+                        "so one long document's scores take 1/N of the memory (default 16; 1 = all at once)")
     p.add_argument("--int8-method", choices=["static", "dynamic", "symmetric"], default="static",
                    help="static: calibrated Q/DQ, uint8 activations (default, the CPU form); symmetric: int8 "
                    "activations with zero point 0 and the embedding through DequantizeLinear, the form TensorRT "

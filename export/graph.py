@@ -50,6 +50,14 @@ LOCAL_ATTENTION_FORMS = ("full", "banded")
 # blocks were 0.85-0.87x the n×n form at 16 × 128 tokens on both backends, 0.95-1.03x at 8 × 256,
 # 1.06-1.16x at 4 × 512.
 ONE_BLOCK_UP_TO = 256
+# Global layers attend over the whole sequence: one n×n score tensor per head, 1 GB for one 7,999-token row of
+# the 17m (4 heads, fp32) and as much again for the masked copy and the softmax. Past
+# :data:`CHUNK_QUERIES_FROM` tokens their queries run in :data:`GLOBAL_QUERY_CHUNKS` consecutive chunks (exact:
+# each query row's softmax is over all keys either way), so the scores alive at once are n²/chunks per head.
+# Up to it one chunk holds every row and the others are empty (no If: one graph for every backend and
+# precision pass).
+GLOBAL_QUERY_CHUNKS = 16
+CHUNK_QUERIES_FROM = 2048
 
 
 class ModernBertSpec:
@@ -90,7 +98,11 @@ class _ModernBertGraph:
     """Emits the graph; one method per block, in the order the data flows."""
 
     def __init__(self, src: SourceModel, cls_only_last_layer: bool, rope_form: str = "rotate_half",
-                 external: ExternalDataWriter | None = None, local_attention: str = "banded") -> None:
+                 external: ExternalDataWriter | None = None, local_attention: str = "banded",
+                 global_query_chunks: int = GLOBAL_QUERY_CHUNKS) -> None:
+        if global_query_chunks < 1:
+            raise ValueError(f"global_query_chunks must be ≥ 1, got {global_query_chunks}")
+        self.query_chunks = int(global_query_chunks)
         if rope_form not in ROPE_FORMS:
             raise ValueError(f"rope_form must be one of {ROPE_FORMS}, got {rope_form!r}")
         if local_attention not in LOCAL_ATTENTION_FORMS:
@@ -230,6 +242,43 @@ class _ModernBertGraph:
         dist = g.op("Abs", [g.op("Sub", [g.op("Sub", [c, side]), r])])
         self.band_window = g.op("Where", [g.op("Greater", [dist, g.const(half)]), g.const(MASK_VALUE, np.float32),
                                           g.const(0.0, np.float32)], "band_window")  # [block, band_keys]
+
+    def query_chunk_layout(self, input_ids: str) -> None:
+        """How the global layers cut their query rows: ``Split`` sizes over the rows padded by chunks − 1.
+
+        Past :data:`CHUNK_QUERIES_FROM` tokens: the rows padded by chunks − 1 (so no piece is empty), ``chunks``
+        pieces of ⌈S/chunks⌉ rows, the last taking the rest; up to it: no padding, all S rows in the first
+        piece and the other pieces empty (zero rows, which both backends accept; a padding row per piece instead
+        measured the same within noise at 16 × 128 and 4 × 512 tokens, so short batches carry none). Decided from the batch's width with arithmetic on shapes only, as
+        :meth:`band_layout`.
+        """
+        g, n = self.g, self.query_chunks
+        seq = g.op("Slice", [g.op("Shape", [input_ids]), g.const([1]), g.const([2])], "chunk_seq_1d")  # [1]
+        split = g.op("Cast", [g.op("Greater", [seq, g.const([CHUNK_QUERIES_FROM])])], "chunked", to=INT64)
+        whole = g.op("Sub", [g.const([1]), split])
+        size = g.op("Div", [g.op("Add", [seq, g.const([n - 1])]), g.const([n])])  # ⌈S/n⌉
+        first = g.op("Add", [g.op("Mul", [split, size]), g.op("Mul", [whole, seq])])
+        middle = g.op("Mul", [split, size])  # ⌈S/n⌉, or 0
+        extra = g.op("Mul", [split, g.const([n - 1])])  # padding rows: n − 1 when chunked, else none
+        rest = g.op("Sub", [g.op("Add", [seq, extra]), g.op("Mul", [size, g.const([n - 1])])])
+        last = g.op("Mul", [split, rest])
+        parts = [first] + [middle] * (n - 2) + [last]
+        self.chunk_sizes = g.op("Concat", parts, "query_chunk_sizes", axis=0)  # [n], sums to S (+ n − 1)
+        self.chunk_pads = g.op("Concat", [g.const([0, 0, 0, 0, 0, 0]), extra, g.const([0])], "q_chunk_pads", axis=0)
+        self.chunk_seq = seq
+
+    def chunked_global_attention(self, q: str, k: str, v: str, bias: str) -> str:
+        """Softmax(q·kᵀ + bias)·v for q [B,h,S,d], k [B,h,d,S], v [B,h,S,d] and a [B,1,1,S] bias, one query
+        chunk at a time (:meth:`query_chunk_layout`); returns [B,h,S,d]."""
+        g, n = self.g, self.query_chunks
+        padded = g.op("Pad", [q, self.chunk_pads], "q_chunk_pad")
+        chunks = g.op("Split", [padded, self.chunk_sizes], "q_chunk", n_out=n, axis=2)
+        contexts = []
+        for chunk in chunks:
+            scores = g.op("Add", [g.op("MatMul", [chunk, k], "chunk_scores"), bias])
+            contexts.append(g.op("MatMul", [g.op("Softmax", [scores], "chunk_probs", axis=-1), v]))
+        ctx = g.op("Concat", contexts, "chunk_ctx", axis=2)
+        return g.op("Slice", [ctx, g.const([0]), self.chunk_seq, g.const([2])], "global_ctx")
 
     def neighbour_blocks(self, x: str, axis: int) -> str:
         """[..., padded length, ...] → [..., nb, band_keys, ...]: each block with its neighbours' keys.
@@ -376,8 +425,11 @@ class _ModernBertGraph:
             if rope is not None:
                 q = self.rope(q, *tables)
         v = g.op("Transpose", [v], "v", perm=[0, 2, 1, 3])  # [B,h,S,d]
-        probs = g.op("Softmax", [g.op("Add", [g.op("MatMul", [q, k], "scores"), bias])], "probs", axis=-1)
-        ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+        if rope is not None and self.query_chunks > 1 and spec.layer_types[i] == "full_attention":
+            ctx = g.op("Transpose", [self.chunked_global_attention(q, k, v, bias)], perm=[0, 2, 1, 3])
+        else:
+            probs = g.op("Softmax", [g.op("Add", [g.op("MatMul", [q, k], "scores"), bias])], "probs", axis=-1)
+            ctx = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
         ctx = g.op("Reshape", [ctx, g.const([0, 0, H])], "ctx")
         return self.linear(ctx, f"layers.{i}.attn.Wo", self.tensor(f"layers.{i}.attn.Wo.weight"),
                            self.w.get(f"layers.{i}.attn.Wo.bias"))
@@ -441,6 +493,8 @@ class _ModernBertGraph:
             self.rope_all = self.rope_tables(pos_f)
             if self.banded_layers:
                 self.band_layout(input_ids)
+            if self.query_chunks > 1:
+                self.query_chunk_layout(input_ids)
             biases = self.attention_biases(attention_mask, pos)
         for i in range(spec.layers):
             x = self.encoder_layer(i, x, biases, cls_only=self.cls_only and i == spec.layers - 1)
@@ -452,7 +506,8 @@ class _ModernBertGraph:
 
 def build_modernbert_graph(src: SourceModel, cls_only_last_layer: bool = True,
                            rope_form: str = "rotate_half", external: ExternalDataWriter | None = None,
-                           local_attention: str = "banded") -> onnx.ModelProto:
+                           local_attention: str = "banded",
+                           global_query_chunks: int = GLOBAL_QUERY_CHUNKS) -> onnx.ModelProto:
     """The native fast graph for ModernBERT backbones (Ettin modular and classic ModernBERT).
 
     With ``external`` the weights are appended to its data file as they are made (the returned
@@ -460,7 +515,8 @@ def build_modernbert_graph(src: SourceModel, cls_only_last_layer: bool = True,
     """
     if src.model_type != "modernbert":
         raise UnsupportedModelError(f"native graph builder handles modernbert, not {src.model_type!r}")
-    return _ModernBertGraph(src, cls_only_last_layer, rope_form, external, local_attention).build()
+    return _ModernBertGraph(src, cls_only_last_layer, rope_form, external, local_attention,
+                            global_query_chunks).build()
 
 
 def export_with_torch(src: SourceModel, path: Path, opset: int = 17) -> None:
@@ -482,7 +538,7 @@ def export_with_torch(src: SourceModel, path: Path, opset: int = 17) -> None:
 
 
 def build_graph(src: SourceModel, path: Path, external: bool | None = None,
-                local_attention: str = "banded") -> str:
+                local_attention: str = "banded", global_query_chunks: int = GLOBAL_QUERY_CHUNKS) -> str:
     """Write the fp32 graph for ``src`` to ``path``; returns the graph form used.
 
     ``local_attention`` is the form of ModernBERT's sliding-window layers (:data:`LOCAL_ATTENTION_FORMS`).
@@ -496,7 +552,8 @@ def build_graph(src: SourceModel, path: Path, external: bool | None = None,
             external = src.weight_bytes_fp32() > EXTERNAL_DATA_FROM_BYTES
         writer = ExternalDataWriter(path) if external else None
         try:
-            model = build_modernbert_graph(src, external=writer, local_attention=local_attention)
+            model = build_modernbert_graph(src, external=writer, local_attention=local_attention,
+                                           global_query_chunks=global_query_chunks)
         finally:
             if writer is not None:
                 writer.close()

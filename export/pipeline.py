@@ -23,7 +23,7 @@ from rerankrt.engine.selection import installed
 from rerankrt.engine.tokenize import PairTokenizer
 
 from . import artifact_writer, calibration, parity, tensorrt_rules
-from .graph import LOCAL_ATTENTION_FORMS, build_graph
+from .graph import GLOBAL_QUERY_CHUNKS, LOCAL_ATTENTION_FORMS, build_graph
 from .passes import PassContext, write_precision
 from .source import SourceModel, read_source
 
@@ -50,7 +50,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
            tolerances: dict[str, parity.Tolerance] | None = None, allow_parity_failure: bool = False,
            overwrite: bool = False, threads: int | None = None, int8_method: str = "static",
            gate_pairs: int | None = None, check_memory: bool = True, local_attention: str = "banded",
-           long_lengths: tuple[int, ...] = calibration.LONG_LENGTHS,
+           global_query_chunks: int = GLOBAL_QUERY_CHUNKS, long_lengths: tuple[int, ...] = calibration.LONG_LENGTHS,
            log: Callable[[str], None] | None = print) -> Path:
     """Export ``model`` (hub id or directory) to a verified artifact in ``output_dir``.
 
@@ -61,7 +61,10 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     :func:`calibration.gate_size`). ``check_memory`` refuses, before anything starts, an export the
     machine's available memory cannot hold (:data:`EXPORT_BYTES_PER_WEIGHT_BYTE`). ``local_attention``:
     how ModernBERT's sliding-window layers attend, ``banded`` (blocks, linear in the length) or ``full``
-    (n×n scores masked afterwards, the form before banded existed). ``long_lengths``: the token
+    (n×n scores masked afterwards, the form before banded existed). ``global_query_chunks``: past
+    2,048 tokens the global layers score their queries in this many consecutive chunks (1: all at once,
+    the form before; peak RSS of one 7,999-token pair of the distilled 17m on onnxruntime 2.3 GB → 0.42 GB
+    with 16: benchmarks/results/long-20261204-0625). ``long_lengths``: the token
     lengths fp32 is also checked at (one long pair each; ``()`` for none — the check's reference at
     7,999 tokens is most of a small model's export time), listed in the manifest when checked.
     """
@@ -106,10 +109,12 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     with artifact_writer.staging_dir(output_dir) as staging:
         say(f"[3/6] building the fp32 graph ({src.model_type}, {src.layout} layout, pooling={src.pooling})")
         fp32_path = staging / graph_file_name("fp32")
-        graph_form = build_graph(src, fp32_path, local_attention=local_attention)
-        form = {"graph_form": graph_form}
+        graph_form = build_graph(src, fp32_path, local_attention=local_attention,
+                                 global_query_chunks=global_query_chunks)
+        form: dict = {"graph_form": graph_form}
         if graph_form == "native-modernbert":
             form["local_attention"] = local_attention
+            form["global_query_chunks"] = global_query_chunks
         graphs = {"fp32": {"file": fp32_path.name, **form,
                            "tensorrt": tensorrt_rules.check_graph(fp32_path).report()}}
         context = PassContext(_encoder_layers(src), calibration.quantization_batches(tokenizer, size))

@@ -101,6 +101,57 @@ def test_banded_graph_has_no_n_by_n_tensor_in_sliding_layers(tiny_model):
             assert shape == expected
 
 
+# lengths around a patched chunking threshold of 40 tokens: 16 chunks of ⌈S/16⌉ rows past it, one chunk up to it
+AROUND_THRESHOLD = [1, 2, 16, 17, 39, 40, 41, 47, 48, 49, 100, 257]
+
+
+@pytest.mark.parametrize("chunks", [2, 3, 16])
+@pytest.mark.parametrize("runtime", [_ort, _openvino], ids=["onnxruntime", "openvino"])
+def test_chunked_global_queries_equal_all_at_once(tiny_model, monkeypatch, runtime, chunks):
+    """Global layers past the threshold score their queries chunk by chunk: the same scores as all rows at
+    once, for lengths on and beside the threshold and the chunk edges, padded together and alone."""
+    from rerankrt.export import graph
+    from rerankrt.export.source import read_source
+
+    monkeypatch.setattr(graph, "CHUNK_QUERIES_FROM", 40)
+    src = read_source(str(tiny_model))
+    ids, mask = _padded(AROUND_THRESHOLD, seed=3)
+    whole = runtime(graph.build_modernbert_graph(src, global_query_chunks=1).SerializeToString())
+    chunked = runtime(graph.build_modernbert_graph(src, global_query_chunks=chunks).SerializeToString())
+    expected = whole(ids, mask)
+    assert np.ptp(expected) > 0
+    np.testing.assert_allclose(chunked(ids, mask), expected, rtol=0, atol=2e-5)
+    for row, n in enumerate(AROUND_THRESHOLD):  # alone: the width is the row's own length
+        np.testing.assert_allclose(chunked(ids[row:row + 1, :n], mask[row:row + 1, :n]), expected[row:row + 1],
+                                   rtol=0, atol=2e-5)
+
+
+def test_global_layers_hold_a_chunk_of_scores_at_a_time(tiny_model, monkeypatch):
+    """The point of the chunks: past the threshold each global layer's probabilities are [B,h,⌈S/n⌉+…,S]
+    pieces, never [B,h,S,S]; up to it one piece of S rows (the other pieces empty)."""
+    import onnx
+    import onnxruntime as ort
+
+    from rerankrt.export import graph
+    from rerankrt.export.source import read_source
+
+    monkeypatch.setattr(graph, "CHUNK_QUERIES_FROM", 40)
+    src = read_source(str(tiny_model))
+    spec = graph.ModernBertSpec(src.config)
+    model = graph.build_modernbert_graph(src, global_query_chunks=4)
+    probs = [n.output[0] for n in model.graph.node if n.op_type == "Softmax" and n.output[0].startswith("chunk_probs")]
+    full_rows = [i for i, kind in enumerate(spec.layer_types) if kind == "full_attention" and i < spec.layers - 1]
+    assert full_rows and len(probs) == 4 * len(full_rows)
+    whole = [n for n in model.graph.node if n.op_type == "Softmax" and n.output[0].startswith("probs")]
+    assert len(whole) == 1  # only the CLS-only last layer attends in one piece (its one query row)
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in probs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for width, rows in ((41, [11, 11, 11, 11]), (100, [25, 25, 25, 28]), (40, [40, 0, 0, 0])):
+        ids, mask = _padded([width, width // 2])
+        shapes = [out.shape for out in session.run(probs[:4], {"input_ids": ids, "attention_mask": mask})]
+        assert shapes == [(2, spec.heads, r, width) for r in rows]
+
+
 def _long_pairs(tokenizer) -> list[tuple[str, str]]:
     """One query, documents of about 512, 2k, 4k and ≥ 7,999 tokens made of scifact abstracts."""
     if not SCIFACT.is_file():
