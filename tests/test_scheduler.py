@@ -235,3 +235,44 @@ def test_a_reservation_holds_room_while_its_request_is_tokenized():
         sched.check_admission(1000, time.perf_counter() + 2.0)  # the released room is free again
     finally:
         sched.stop()
+
+
+class PacedBackend(BackendBase):
+    """Scores at a set pace (seconds per real token), changeable while it serves: a CPU that slows down."""
+
+    name = "paced"
+
+    def __init__(self, seconds_per_token: float) -> None:
+        self.seconds_per_token = seconds_per_token
+
+    def run(self, input_ids, attention_mask):
+        time.sleep(float(attention_mask.sum()) * self.seconds_per_token)
+        return np.zeros((len(input_ids), 1), dtype=np.float32)
+
+
+def test_admission_plans_with_the_slow_windows_after_the_cpu_slows_down():
+    """After a dip the moving average still promises most of the old rate; admission plans with the slow
+    windows' rate instead, so a request that fits only at the old rate is refused (429) rather than
+    admitted and timed out (504)."""
+    backend = PacedBackend(1e-4)  # ~10,000 tokens/s
+    sched = _scheduler(backend, window_tokens=64)
+    try:
+        for _ in range(6):
+            sched.submit([[1] * 32] * 2).future.result(5)
+        backend.seconds_per_token = 1e-3  # the CPU slows to ~1,000 tokens/s
+        started = time.perf_counter()
+        for _ in range(4):
+            sched.submit([[1] * 32] * 2).future.result(5)
+        slow = 4 * 64 / (time.perf_counter() - started)  # measured here, not read from the scheduler
+        assert sched.tokens_per_s > 2 * slow  # the moving average has not caught up
+        assert sched.admission_tokens_per_s < 1.5 * slow
+        # 1,000 tokens behind 256 with less slack (deadline 0.6 s): ~0.4 s at the moving average, ~1.26 s at
+        # the slow rate, more than 0.8 (ADMIT_FRACTION) of a 1.4 s deadline; alone (1.0 s) it would fit, so
+        # this is a 429, not a 413
+        blocker = sched.submit([[1] * 32] * 8, deadline=time.perf_counter() + 0.6)
+        with pytest.raises(QueueFullError) as refused:
+            sched.submit([[1] * 25] * 40, deadline=time.perf_counter() + 1.4)
+        assert refused.value.reason == "deadline"
+        blocker.future.result(5)
+    finally:
+        sched.stop()
