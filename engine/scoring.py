@@ -51,7 +51,7 @@ def padded_batches(token_ids: list[list[int]], policy: BatchPolicy, pad_id: int)
     """Plan and pad every batch up front, longest first: for backends that overlap batches, and for
     consumers that need the padded arrays themselves (the export's PyTorch reference and int8 calibration)."""
     lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
-    return [pad_batch(token_ids, indices, pad_id, policy.pad_to_multiple_of)
+    return [pad_batch(token_ids, indices, pad_id, policy.pad_to_multiple_of, policy.width_buckets)
             for indices in plan_batches(lengths, policy)]
 
 
@@ -79,11 +79,11 @@ def iter_batch_logits(backend, token_ids: list[list[int]], policy: BatchPolicy, 
     """
     lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
     plan = plan_batches(lengths, policy)
-    multiple = policy.pad_to_multiple_of
+    multiple, buckets = policy.pad_to_multiple_of, policy.width_buckets
     if len(plan) > 1 and backend.overlaps_batches:
         if keep is not None:
             plan = [kept for kept in (np.asarray(keep(indices)) for indices in plan) if len(kept)]
-        batches = [pad_batch(token_ids, indices, pad_id, multiple) for indices in plan]
+        batches = [pad_batch(token_ids, indices, pad_id, multiple, buckets) for indices in plan]
         started = time.perf_counter()
         try:
             outputs = backend.run_many([(b.input_ids, b.attention_mask) for b in batches])
@@ -102,7 +102,7 @@ def iter_batch_logits(backend, token_ids: list[list[int]], policy: BatchPolicy, 
             indices = np.asarray(keep(indices))
             if not len(indices):
                 continue
-        batch = pad_batch(token_ids, indices, pad_id, multiple)
+        batch = pad_batch(token_ids, indices, pad_id, multiple, buckets)
         started = time.perf_counter()
         try:
             out = backend.run(batch.input_ids, batch.attention_mask)

@@ -18,7 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 os.environ.setdefault("RERANKRT_TUNE", "0")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DISTILLED = SHARED / "models" / "ettin-17m-distilled"
+# RERANKRT_DISTILLED: a copy of the model where ../shared is absent (the GPU kit on a device machine)
+DISTILLED = Path(os.environ.get("RERANKRT_DISTILLED") or SHARED / "models" / "ettin-17m-distilled")
 SHARED_TOKENIZER = SHARED / "data" / "modernbert-tokenizer.json"
 
 # Random weights squeeze scores and exaggerate reduced-precision error (see export/parity.py);

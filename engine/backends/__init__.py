@@ -36,6 +36,11 @@ _REGISTRY: dict[str, tuple[str, str]] = {
 }
 CPU_TOKEN_BUDGET = 2048  # small batches win on CPU (cache-resident activations)
 GPU_TOKEN_BUDGET = 16384
+# Batch widths on a GPU (``OrtBackend`` on CUDA declares them): a few fixed shapes, so that TensorRT builds
+# one optimization profile per bucket and one CUDA graph is captured per shape. Doubling buckets cost at
+# most 2x the padded tokens of exact widths past the first bucket (a width lands in one under twice its size).
+GPU_WIDTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+GPU_MAX_BATCH_SIZE = 256  # the default max_batch_size of a load: the rows TensorRT's profiles are built for
 
 
 def available_backends() -> list[str]:
@@ -56,9 +61,10 @@ def backend_class(name: str) -> type:
 
 
 def batch_policy(backend: Backend, token_budget: int | None = None, max_batch_size: int = 256) -> BatchPolicy:
-    """The batch limits that suit ``backend``: its device's token budget and its declared width multiple."""
+    """The batch limits that suit ``backend``: its device's token budget, its declared width multiple and buckets."""
     default = GPU_TOKEN_BUDGET if backend.device.startswith("cuda") else CPU_TOKEN_BUDGET
-    return BatchPolicy(token_budget or default, max_batch_size, pad_to_multiple_of=int(backend.pad_multiple))
+    return BatchPolicy(token_budget or default, max_batch_size, pad_to_multiple_of=int(backend.pad_multiple),
+                       width_buckets=tuple(int(w) for w in backend.width_buckets))
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Why written down: the scoring core, the server and the export's parity gate call backends
 without knowing which one runs; what a backend can do (overlap batches, wants padded widths
-rounded, which precision runs between quantized ops) is *declared* here, the way
+rounded or put in buckets, which precision runs between quantized ops) is *declared* here, the way
 text-embeddings-inference's ``Backend`` trait declares it, not discovered with ``getattr``.
 
 A backend is constructed as ``Backend(model_path, precision, device="cpu", providers=None,
@@ -26,6 +26,7 @@ class Backend(Protocol):
     device: str  # "cpu", "cuda", "cuda:1"
     precision: str  # the artifact precision whose graph it runs
     pad_multiple: int  # round padded widths up to this (shape-compiling backends); 1 = no rounding
+    width_buckets: tuple[int, ...]  # pad widths up to the smallest of these that holds them (GPU); () = none
     inference_precision: str | None  # what runs between quantized ops (OpenVINO "f32"/"bf16"); None = the graph's
     overlaps_batches: bool  # run_many runs several batches at once (worth padding them all first)
 
@@ -49,6 +50,7 @@ class BackendBase:
     device = "cpu"
     precision = "fp32"
     pad_multiple = 1
+    width_buckets: tuple[int, ...] = ()
     inference_precision: str | None = None
     overlaps_batches = False
     model_path: Path | None = None
@@ -62,5 +64,5 @@ class BackendBase:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "precision": self.precision,
                 "inference_precision": self.inference_precision, "pad_multiple": self.pad_multiple,
-                "overlaps_batches": self.overlaps_batches,
+                "width_buckets": list(self.width_buckets), "overlaps_batches": self.overlaps_batches,
                 "file": self.model_path.name if self.model_path is not None else None}
