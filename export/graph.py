@@ -249,8 +249,8 @@ class _ModernBertGraph:
         Past :data:`CHUNK_QUERIES_FROM` tokens: the rows padded by chunks − 1 (so no piece is empty), ``chunks``
         pieces of ⌈S/chunks⌉ rows, the last taking the rest; up to it: no padding, all S rows in the first
         piece and the other pieces empty (zero rows, which both backends accept; a padding row per piece instead
-        measured the same within noise at 16 × 128 and 4 × 512 tokens, so short batches carry none). Decided from the batch's width with arithmetic on shapes only, as
-        :meth:`band_layout`.
+        measured the same within noise at 16 × 128 and 4 × 512 tokens, so short batches carry none). Decided
+        from the batch's width with arithmetic on shapes only, as :meth:`band_layout`.
         """
         g, n = self.g, self.query_chunks
         seq = g.op("Slice", [g.op("Shape", [input_ids]), g.const([1]), g.const([2])], "chunk_seq_1d")  # [1]
