@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
@@ -126,17 +127,18 @@ def shape_of(model_dir: Path) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Agreement (numpy only: the driver imports neither rerankrt nor onnxruntime).
+# Agreement: the parity gate's own metrics (engine/agreement.py needs only numpy), loaded from its file
+# because the driver imports neither the rerankrt package nor onnxruntime.
 # ---------------------------------------------------------------------------------------------
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    sorter = np.argsort(x, kind="stable")
-    inverse = np.empty_like(sorter)
-    inverse[sorter] = np.arange(len(x))
-    xs = x[sorter]
-    first = np.r_[True, xs[1:] != xs[:-1]]
-    dense = first.cumsum()[inverse]
-    bounds = np.r_[np.flatnonzero(first), len(first)]
-    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
+def _agreement():
+    spec = importlib.util.spec_from_file_location("rerankrt_agreement", REPO_ROOT / "engine" / "agreement.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+agreement = _agreement()
 
 
 def fidelity(reference: np.ndarray, candidate: np.ndarray, groups: list[int]) -> dict:
@@ -144,18 +146,10 @@ def fidelity(reference: np.ndarray, candidate: np.ndarray, groups: list[int]) ->
     ref, cand = np.asarray(reference, np.float64).ravel(), np.asarray(candidate, np.float64).ravel()
     delta = np.abs(ref - cand)
     span = float(ref.max() - ref.min()) if len(ref) else 0.0
-    ra, rb = _average_ranks(ref), _average_ranks(cand)
-    rho = 1.0 if len(ref) < 2 or ra.std() == 0 or rb.std() == 0 else float(np.corrcoef(ra, rb)[0, 1])
-    garr, overlaps = np.asarray(groups), []
-    for g in np.unique(garr):
-        idx = np.flatnonzero(garr == g)
-        k = min(10, len(idx))
-        top_ref = set(idx[np.argsort(-ref[idx], kind="stable")[:k]])
-        top_can = set(idx[np.argsort(-cand[idx], kind="stable")[:k]])
-        overlaps.append(len(top_ref & top_can) / k)
     return {"max_abs_delta": float(delta.max()) if len(delta) else 0.0,
             "max_rel_delta": float(delta.max() / span) if span > 0 and len(delta) else None,
-            "reference_range": span, "spearman": rho, "top10_agreement": float(np.mean(overlaps)) if overlaps else None,
+            "reference_range": span, "spearman": agreement.spearman(ref, cand),
+            "top10_agreement": agreement.top_k_agreement(ref, cand, groups) if len(ref) else None,
             "finite": bool(np.isfinite(cand).all())}
 
 

@@ -508,5 +508,6 @@ class BatchScheduler:
         elapsed = time.perf_counter() - started
         if scored_tokens and elapsed > 0:
             rate = scored_tokens / elapsed
-            self._window_rates.append(rate)
-            self._tokens_per_s = rate if not self._tokens_per_s else 0.7 * self._tokens_per_s + 0.3 * rate
+            with self._cond:  # admission sorts the recent rates under this lock; a deque appended meanwhile raises
+                self._window_rates.append(rate)
+                self._tokens_per_s = rate if not self._tokens_per_s else 0.7 * self._tokens_per_s + 0.3 * rate
