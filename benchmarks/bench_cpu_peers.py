@@ -156,15 +156,18 @@ def peer_reranker(artifact_dir: Path, backend):
 
 
 def openvino_details(compiled) -> dict:
-    """The precision OpenVINO resolved and how its matmuls actually run (runtime graph)."""
+    """The precision OpenVINO resolved and how its matmuls actually run (runtime graph): precision and the
+    kernel it picked (``primitiveType``, e.g. ``brgemm_avx512_I8`` with VNNI, ``jit_gemm_I8`` on AVX2)."""
     matmuls: Counter = Counter()
+    kernels: Counter = Counter()
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
         kind = info["layerType"].astype(str)
-        if kind in ("FullyConnected", "MatMul"):
+        if kind.startswith(("FullyConnected", "MatMul")):
             matmuls[f"{kind}:{info['runtimePrecision'].astype(str)}"] += 1
+            kernels[f"{kind}:{info['primitiveType'].astype(str) if 'primitiveType' in info else '?'}"] += 1
     return {"ov_inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-            "ov_runtime_matmuls": dict(sorted(matmuls.items()))}
+            "ov_runtime_matmuls": dict(sorted(matmuls.items())), "ov_runtime_kernels": dict(sorted(kernels.items()))}
 
 
 def load_system(system: System, model_dir: Path, artifact_dir: Path, plain_dir: Path):
@@ -395,6 +398,9 @@ def run_label(system: System, result: dict) -> str:
         matmuls = result.get("ov_runtime_matmuls") or {}
         int8 = sum(n for key, n in matmuls.items() if key.endswith((":i8", ":u8")))
         share = f" {int8}/{sum(matmuls.values())}" if matmuls else ""
+        kernels = sorted({key.split(":", 1)[1] for key in result.get("ov_runtime_kernels") or {}
+                          if key.endswith("_I8")})
+        share += f" via {'/'.join(kernels)}" if kernels else ""
         return f"int8{share} (rest {resolved})" if resolved else f"int8{share}"
     if system.runtime == "openvino" and resolved:
         return resolved
@@ -752,7 +758,7 @@ def export_supports_bf16() -> bool:
 def choose_systems(requested: list[str], has_bf16: bool) -> tuple[list[System], dict[str, str], bool]:
     """The systems to run, in report order, and why any of the requested ones are left out."""
     has_ov, has_nncf = openvino_available()
-    bf16_export = export_supports_bf16()
+    bf16_export = export_supports_bf16() and has_bf16  # the export verifies bf16 only where the CPU runs it
     chosen, skipped = [], {}
     for system in SYSTEMS:
         if system.name not in requested:
@@ -763,7 +769,7 @@ def choose_systems(requested: list[str], has_bf16: bool) -> tuple[list[System], 
             skipped[system.name] = "nncf is not installed"
         elif system.name == "rerankrt-ov-bf16" and not has_bf16:
             skipped[system.name] = "this CPU has neither AVX512_BF16 nor AMX_BF16"
-        elif system.name == "rerankrt-ov-bf16" and not bf16_export:
+        elif system.name == "rerankrt-ov-bf16" and not export_supports_bf16():
             skipped[system.name] = "this rerankrt's export cannot write bf16 yet"
         else:
             chosen.append(system)

@@ -375,6 +375,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, work_help: str) -> None:
     parser.add_argument("--no-distilled", action="store_true", help=f"leave out {DISTILLED_NAME}")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model, 2 queries × 10 docs, 1 timed pass, 2 latency calls: checks the script")
+    parser.add_argument("--emulate-avx2", action="store_true",
+                        help="run as an AVX2-only CPU would: kernels dispatched without AVX-512 (avx2_emulation.py)")
 
 
 def run_driver_or_worker(parse_args: Callable[[list[str]], argparse.Namespace],
@@ -382,6 +384,10 @@ def run_driver_or_worker(parse_args: Callable[[list[str]], argparse.Namespace],
                          worker_main: Callable[[argparse.Namespace], None]) -> None:
     """``script worker ARGS`` measures one system (``args.mode == "worker"``); anything else drives the run."""
     args = parse_args(sys.argv[1:])
+    if args.mode != "worker" and getattr(args, "emulate_avx2", False):
+        import avx2_emulation
+
+        avx2_emulation.reexec_emulated(args.work.resolve(), [str(Path(sys.argv[0]).resolve()), *sys.argv[1:]])
     (worker_main if args.mode == "worker" else driver_main)(args)
 
 
@@ -485,11 +491,18 @@ def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
 
 def hardware_info() -> dict:
     """What decides which precision wins: the CPU's vector/matrix features (AVX2, AVX-512, VNNI, BF16, AMX)."""
-    from rerankrt.engine.hardware import cpu_info
+    import avx2_emulation
+
+    from rerankrt.engine.hardware import CpuInfo, cpu_info, parse_cpuinfo
 
     info = cpu_info()
-    return {"cpu": info.summary(), "flags": " ".join(sorted(info.flags)), "os_cpu_count": os.cpu_count(),
-            "platform": platform.platform()}
+    out = {"cpu": info.summary(), "flags": " ".join(sorted(info.flags)), "os_cpu_count": os.cpu_count(),
+           "platform": platform.platform()}
+    if avx2_emulation.emulated():
+        model, host_flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
+        out["emulation"] = avx2_emulation.emulated()
+        out["host_flags"] = " ".join(CpuInfo(model, host_flags, 1).summary()["features"])
+    return out
 
 
 def run_environment(extra_packages: tuple[str, ...] = (), auto_artifacts: tuple[Path, ...] = ()) -> dict:
@@ -576,8 +589,12 @@ def hardware_lines(environment: dict) -> list[str]:
     hw, cpu = environment["hardware"], environment["hardware"]["cpu"]
     flags = set(hw["flags"].split())
     yes = {True: "yes", False: "no"}
+    emulation = ([f"- **Emulated**: {hw['emulation']} (`benchmarks/avx2_emulation.py`); the host CPU's own features: "
+                  f"{hw['host_flags']}. The timings are of AVX2 code on this CPU's cores: a proxy for an "
+                  "AVX2-only CPU, not a measurement of one"] if hw.get("emulation") else [])
     return [
         f"- CPU: {cpu['model']} — `os.cpu_count()` = {hw['os_cpu_count']}; every system uses {THREADS} threads",
+        *emulation,
         f"- AVX2: {yes['avx2' in flags]} · AVX-512: {yes[cpu['avx512']]} · VNNI: {yes[cpu['vnni']]} · "
         f"BF16: {yes[cpu['bf16']]} · AMX: {yes[bool({'amx_bf16', 'amx_int8'} & flags)]}",
         f"- features: {' '.join(cpu['features'])}",

@@ -40,7 +40,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     export(args.model, args.output, precisions=[p.strip() for p in args.precision.split(",") if p.strip()],
            revision=args.revision, max_length=args.max_length, calibration_file=args.calibration,
            tolerances=tolerances, allow_parity_failure=args.allow_parity_failure, overwrite=args.overwrite,
-           threads=args.threads, int8_method=args.int8_method, gate_pairs=args.gate_pairs,
+           threads=args.threads, int8_method=args.int8_method,
+           int8_fp32_layers=args.int8_fp32_layers, gate_pairs=args.gate_pairs,
            local_attention=args.local_attention, global_query_chunks=args.global_query_chunks,
            check_memory=not args.no_memory_check)
     return 0
@@ -293,6 +294,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _layer_list(text: str) -> tuple[int, ...]:
+    """``--int8-fp32-layers``: ``none`` or comma-separated layer indices (the export checks the range)."""
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'none' or comma-separated layer indices, got {text!r}") from None
+
+
 def _positive_seconds(text: str) -> float:
     """A timeout: 0 would expire everything at once; inf and nan are not deadlines."""
     value = _number(text, float, "a number")
@@ -353,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="static: calibrated Q/DQ, uint8 activations (default, the CPU form); symmetric: int8 "
                    "activations with zero point 0 and the embedding through DequantizeLinear, the form TensorRT "
                    "reads (checked at export); dynamic: onnxruntime quantize_dynamic")
+    p.add_argument("--int8-fp32-layers", type=_layer_list, default=(0, -1), metavar="LIST",
+                   help="encoder layers int8 keeps fp32, comma-separated, negative from the last (default 0,-1: "
+                        "the first and last); 'none' quantizes every layer (at most a few %% faster, about twice the "
+                        "int8 error; the parity gate still checks it)")
     p.add_argument("--revision")
     p.add_argument("--max-length", type=int)
     p.add_argument("--calibration", help="JSONL (query, document) or TSV pairs for the parity gate")

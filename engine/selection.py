@@ -13,7 +13,10 @@ order it times candidates in. It follows measurements on two CPU families:
   without VNNI): int8 u8×s8 products go through 16-bit pair sums (``vpmaddubsw``) and OpenVINO's
   int8 path gains nothing. Distilled 17m, AMD Zen 3, 600 negconstraint pairs, 2 threads, median of
   3 (issue 16): onnxruntime int8 91.1 pairs/s > onnxruntime fp32 82.7 > OpenVINO strict f32 75.3 >
-  OpenVINO int8 62.4. So int8 runs on onnxruntime there.
+  OpenVINO int8 62.4. So int8 runs on onnxruntime there. A Zen 4 dispatching as an AVX2-only CPU
+  (``benchmarks/avx2_emulation.py``, cpu-peers-20261204-1416) gives the same order for int8: onnxruntime
+  int8 96.0 > OpenVINO strict f32 79.3 > OpenVINO int8 72.1; OpenVINO's int8 matmuls there run
+  oneDNN's ``jit_gemm_I8`` (185 GOPS, below its fp32 201 GFLOP/s), not the VNNI ``brgemm`` kernels.
 
 Hence, on CPU:
 

@@ -25,6 +25,7 @@ from rerankrt.engine.tokenize import PairTokenizer
 from . import artifact_writer, calibration, parity, tensorrt_rules
 from .graph import GLOBAL_QUERY_CHUNKS, LOCAL_ATTENTION_FORMS, build_graph
 from .passes import PassContext, write_precision
+from .passes.matmuls import KEEP_FP32_LAYERS
 from .source import SourceModel, read_source
 
 EXPORT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -51,7 +52,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
            overwrite: bool = False, threads: int | None = None, int8_method: str = "static",
            gate_pairs: int | None = None, check_memory: bool = True, local_attention: str = "banded",
            global_query_chunks: int = GLOBAL_QUERY_CHUNKS, long_lengths: tuple[int, ...] = calibration.LONG_LENGTHS,
-           log: Callable[[str], None] | None = print) -> Path:
+           int8_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS, log: Callable[[str], None] | None = print) -> Path:
     """Export ``model`` (hub id or directory) to a verified artifact in ``output_dir``.
 
     Raises :class:`ParityError` (and writes nothing) when a precision misses its tolerance,
@@ -67,6 +68,12 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     with 16: benchmarks/results/long-20261204-0625). ``long_lengths``: the token
     lengths fp32 is also checked at (one long pair each; ``()`` for none — the check's reference at
     7,999 tokens is most of a small model's export time), listed in the manifest when checked.
+    ``int8_fp32_layers``: the encoder layers int8 keeps fp32 (negative indices count from the last;
+    ``()`` quantizes every layer). The first and last by default, the layers the gate is most
+    sensitive to. Every layer int8 doubles the distilled 17m's max |Δ| (0.039 → 0.088) and its speed
+    gain is within the noise of one noisy run each (0.97× the default on an emulated AVX2-only CPU,
+    1.14× with VNNI: benchmarks/results/int8-profile-*20261204-145*): the kept layers are ~15% of the
+    int8 graph's time, so quantizing them can save at most ~7% where int8 matmuls are 1.8× fp32 (AVX2).
     """
     precisions = _check_request(precisions, int8_method)
     if local_attention not in LOCAL_ATTENTION_FORMS:
@@ -77,6 +84,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
 
     say(f"[1/6] reading {model}")
     src = _limit_length(read_source(model, revision), max_length, model)
+    _check_fp32_layers(tuple(int8_fp32_layers), _encoder_layers(src), "int8" in precisions)
     weight_bytes = src.weight_bytes_fp32()
     if check_memory:
         memory.require(EXPORT_OVERHEAD_BYTES + int(EXPORT_BYTES_PER_WEIGHT_BYTE * weight_bytes),
@@ -117,7 +125,8 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
             form["global_query_chunks"] = global_query_chunks
         graphs = {"fp32": {"file": fp32_path.name, **form,
                            "tensorrt": tensorrt_rules.check_graph(fp32_path).report()}}
-        context = PassContext(_encoder_layers(src), calibration.quantization_batches(tokenizer, size))
+        context = PassContext(_encoder_layers(src), calibration.quantization_batches(tokenizer, size),
+                              keep_fp32_layers=tuple(int8_fp32_layers))
         for precision in precisions[1:]:
             say(f"[4/6] writing the {precision} graph")
             graphs[precision] = {**form,
@@ -209,6 +218,18 @@ def _flops_per_token(src: SourceModel, weight_bytes: int) -> float:
     """2 × the parameters a token passes through (all but the embedding table, which is a lookup)."""
     embedding = int(src.config.get("vocab_size", 0)) * int(src.config.get("hidden_size", 0))
     return 2.0 * max(weight_bytes // 4 - embedding, 1)
+
+
+def _check_fp32_layers(layers: tuple[int, ...], num_layers: int, int8: bool) -> None:
+    """Refuse, before anything is built, fp32 layers the model does not have (an index would wrap silently)."""
+    if not int8 or layers == KEEP_FP32_LAYERS:
+        return
+    if not num_layers:
+        raise ValueError("int8_fp32_layers needs a model whose layers rerankrt's graph knows (ModernBERT)")
+    wrong = [k for k in layers if not -num_layers <= k < num_layers]
+    if wrong:
+        raise ValueError(f"int8_fp32_layers {wrong} out of range: the model has {num_layers} layers "
+                         f"(0…{num_layers - 1}, or -1…-{num_layers} from the last)")
 
 
 def _encoder_layers(src: SourceModel) -> int:

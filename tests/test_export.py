@@ -169,3 +169,32 @@ def test_both_rope_forms_give_the_same_scores(tmp_path, tiny_model):
         outs.append(session.run(None, {"input_ids": ids, "attention_mask": mask})[0])
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-5)
     assert np.ptp(outs[0]) > 0
+
+
+def _int8_weight_layers(graph_path) -> set[int]:
+    """Encoder layers with int8 weights in a graph: DequantizeLinear nodes reading a ``layers.N.`` initializer."""
+    import re
+
+    model = onnx.load(str(graph_path), load_external_data=False)
+    weights = {t.name for t in model.graph.initializer}
+    return {int(m.group(1)) for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
+            for m in [re.match(r"layers\.(\d+)\.", n.input[0])] if m}
+
+
+def test_int8_fp32_layers_chooses_which_layers_stay_fp32(tmp_path, tiny_model, tiny_artifact):
+    from conftest import random_weight_tolerances
+
+    layers = int(read_source(str(tiny_model)).config["num_hidden_layers"])
+    with pytest.raises(ValueError, match="out of range"):  # refused before anything is built
+        export(str(tiny_model), tmp_path / "bad", precisions=["fp32", "int8"], int8_fp32_layers=(0, layers), log=None)
+    assert not (tmp_path / "bad").exists()
+
+    out = export(str(tiny_model), tmp_path / "every", precisions=["fp32", "int8"], int8_fp32_layers=(),
+                 long_lengths=FIXTURE_LONG_LENGTHS, tolerances=random_weight_tolerances(), allow_parity_failure=True,
+                 log=None)
+    every = json.loads((out / "manifest.json").read_text())["graphs"]["int8"]
+    default = json.loads((tiny_artifact / "manifest.json").read_text())["graphs"]["int8"]
+    assert every["fp32_layers"] == [] and default["fp32_layers"] == [0, layers - 1]
+    assert _int8_weight_layers(out / every["file"]) == set(range(layers))
+    assert _int8_weight_layers(tiny_artifact / default["file"]) == set(range(1, layers - 1))
+    assert every["quantized_matmuls"] > default["quantized_matmuls"]

@@ -37,4 +37,5 @@ def quantize_int8_dynamic(fp32_path: Path, out_path: Path, num_layers: int,
 
 
 def apply(graph: Graph, out_path: Path, context: PassContext) -> tuple[Path, dict]:
-    return out_path, quantize_int8_dynamic(model_file(graph, "int8_dynamic"), out_path, context.num_layers)
+    return out_path, quantize_int8_dynamic(model_file(graph, "int8_dynamic"), out_path, context.num_layers,
+                                           context.keep_fp32_layers)

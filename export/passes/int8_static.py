@@ -97,7 +97,7 @@ def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batch
 
 def apply(graph: Graph, out_path: Path, context: PassContext) -> tuple[Path, dict]:
     return out_path, quantize_int8_static(model_file(graph, "int8_static"), out_path, context.num_layers,
-                                          context.calibration_batches)
+                                          context.calibration_batches, context.keep_fp32_layers)
 
 
 def apply_symmetric(graph: Graph, out_path: Path, context: PassContext) -> tuple[Path, dict]:
@@ -108,5 +108,6 @@ def apply_symmetric(graph: Graph, out_path: Path, context: PassContext) -> tuple
     tensor cores have no such limit, and the full range halves the weights' rounding error.
     """
     return out_path, quantize_int8_static(model_file(graph, "int8_symmetric"), out_path, context.num_layers,
-                                          context.calibration_batches, reduce_range=False,
+                                          context.calibration_batches, context.keep_fp32_layers,
+                                          reduce_range=False,
                                           symmetric_activations=True)
