@@ -7,7 +7,7 @@ Waiting for the right draw leaves the work undone; measuring AVX-512 kernels say
 How: every x86 kernel dispatcher in the serving stack asks the OS, through the ``XGETBV``
 instruction, whether it saves the AVX-512 registers, and uses no AVX-512 code when it does not
 (that code would fault on such an OS): onnxruntime's MLAS and ``CPUIDInfo``, OpenVINO's oneDNN
-(Xbyak) and MLAS, and numpy (which rerankrt's ``hardware.cpu_info`` asks). Copies of these
+(Xbyak) and MLAS, numpy (which rerankrt's ``hardware.cpu_info`` asks) and its OpenBLAS. Copies of these
 libraries with every ``XGETBV`` replaced by ``mov al, 7; nop`` (x87, SSE and AVX state: what an OS
 without AVX-512 reports) therefore pick the kernels an AVX2-only CPU gets — MLAS's AVX2 u8×s8 GEMM
 (``vpmaddubsw``), oneDNN's AVX2 paths — and run them natively. The timings are real timings of the
@@ -41,6 +41,8 @@ MARKER = "RERANKRT_BENCH_EMULATED_CPU"  # set in an emulated process; its value 
 PACKAGES = ("numpy", "onnxruntime", "openvino")
 XGETBV = b"\x0f\x01\xd0"
 NO_AVX512_XCR0 = b"\xb0\x07\x90"  # mov al, 7 (x87|SSE|AVX, no opmask/ZMM state); nop
+MOV_EAX_EAX = b"\x89\xc0"  # what compilers emit after XGETBV to zero-extend the low half
+XCR0_AVX_ONLY = b"\xb8\x07\x00\x00\x00"  # mov eax, 7: XGETBV + mov eax,eax rewritten, no stale upper bits
 DESCRIPTION = "AVX2-only dispatch (XGETBV reports no AVX-512 state) on this CPU"
 
 
@@ -78,14 +80,19 @@ def patch_library(source: Path, dest: Path) -> list[int]:
     """Write ``source`` to ``dest`` with every ``XGETBV`` reporting no AVX-512 state; returns their offsets.
 
     ``mov al, 7`` sets the low byte of the XCR0 value the code goes on to test (bits 0–2: x87, SSE,
-    AVX) and clears bits 5–7 (opmask, ZMM state), the ones every AVX-512 check requires. Writes
-    nothing and returns [] when ``source`` has no such instruction.
+    AVX) and clears bits 5–7 (opmask, ZMM state), the ones every AVX-512 check requires; the upper
+    bits keep what the register held (AMX's bits 17–18 are why :func:`build` refuses AMX hosts). Where
+    the compiler follows XGETBV with ``mov eax, eax`` the five bytes become ``mov eax, 7``: no stale
+    bits at all. Writes nothing and returns [] when ``source`` has no such instruction.
     """
     offsets = xgetbv_offsets(source)
     if offsets:
         data = bytearray(source.read_bytes())
         for offset in offsets:
-            data[offset:offset + 3] = NO_AVX512_XCR0
+            if data[offset + 3:offset + 5] == MOV_EAX_EAX:
+                data[offset:offset + 5] = XCR0_AVX_ONLY
+            else:
+                data[offset:offset + 3] = NO_AVX512_XCR0
         dest.write_bytes(bytes(data))
         dest.chmod(0o755)
     return offsets
@@ -98,11 +105,20 @@ def _package_dir(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]).resolve()
 
 
-def _fingerprint() -> str:
-    """Which installed files the copies were made from: a new version of any package rebuilds them."""
-    h = hashlib.sha256()
+def _package_roots() -> list[Path]:
+    """The installed packages and their auditwheel ``<name>.libs`` folders (numpy's OpenBLAS dispatches too)."""
+    roots = []
     for name in PACKAGES:
         root = _package_dir(name)
+        roots += [root] + [d for d in (root.parent / f"{name}.libs",) if d.is_dir()]
+    return roots
+
+
+def _fingerprint() -> str:
+    """Which installed files (where, which versions) and which patch the copies were made with."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for root in _package_roots():
+        h.update(str(root).encode())
         for path in sorted(root.rglob("*.so*")):
             h.update(f"{path.relative_to(root)}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
     return h.hexdigest()[:16]
@@ -110,24 +126,24 @@ def _fingerprint() -> str:
 
 def build(work: Path, log=print) -> Path:
     """The overlay directory (to put first on ``PYTHONPATH``), built once per set of installed packages."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and " amx_" in cpuinfo.read_text(encoding="utf-8", errors="replace"):
+        raise RuntimeError("this host has AMX: a patched XGETBV may leave its state bits set, so the emulation "
+                           "would not be AVX2-only; run it on an AVX-512 host without AMX")
     fingerprint = _fingerprint()
     overlay = work / "avx2-emulation" / fingerprint
     manifest = overlay / "patched.json"
     if manifest.is_file():
         return overlay
     log(f"building the AVX2 emulation overlay in {overlay} (objdump over {', '.join(PACKAGES)}; about a minute)")
-    staging = overlay.with_name(fingerprint + ".partial")
+    staging = overlay.with_name(f"{fingerprint}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     patched: dict[str, list[int]] = {}
-    for name in PACKAGES:
-        root = _package_dir(name)
-        for sibling in (root.parent / f"{name}.libs",):  # auditwheel's bundled libraries, found via $ORIGIN/..
-            if sibling.is_dir():
-                (staging / sibling.name).symlink_to(sibling)
-        shutil.copytree(root, staging / name, symlinks=False, copy_function=os.symlink,
+    for root in _package_roots():  # auditwheel's <name>.libs are found via $ORIGIN/.., so they are copied too
+        shutil.copytree(root, staging / root.name, symlinks=False, copy_function=os.symlink,
                         ignore=shutil.ignore_patterns("__pycache__"))
-        for link in sorted((staging / name).rglob("*.so*")):
+        for link in sorted((staging / root.name).rglob("*.so*")):
             source = Path(os.readlink(link))
             if XGETBV not in source.read_bytes():
                 continue
@@ -137,8 +153,9 @@ def build(work: Path, log=print) -> Path:
                 patched[str(link.relative_to(staging))] = offsets
             else:
                 link.symlink_to(source)
-    if not any(key.startswith("onnxruntime/") for key in patched):
-        raise RuntimeError("found no XGETBV in onnxruntime: cannot emulate an AVX2-only CPU with this build")
+    for name in PACKAGES:  # a dispatcher left unpatched would silently keep its AVX-512 kernels
+        if not any(key.startswith(f"{name}/") for key in patched):
+            raise RuntimeError(f"found no XGETBV in {name}: cannot emulate an AVX2-only CPU with this build")
     (staging / "patched.json").write_text(json.dumps({"description": DESCRIPTION, "patched": patched}, indent=1))
     shutil.rmtree(overlay, ignore_errors=True)
     staging.rename(overlay)
@@ -159,8 +176,13 @@ def emulated() -> str | None:
 
 
 def reexec_emulated(work: Path, argv: list[str]) -> None:
-    """Replace this process by the same command under the emulation (no-op when already emulated)."""
+    """Replace this process by the same command under the emulation; in the emulated process, check it took."""
     if emulated():
+        from numpy._core._multiarray_umath import __cpu_features__ as features  # type: ignore[attr-defined]
+
+        if features.get("AVX512F") or not Path(__import__("onnxruntime").__file__).is_relative_to(work):
+            raise RuntimeError("the AVX2 emulation did not take: numpy still reports AVX-512 or onnxruntime was "
+                               "imported from outside the overlay")
         return
     overlay = build(work)
     sys.stdout.flush()

@@ -75,7 +75,9 @@ def matmul_peaks(threads: int = common.THREADS) -> dict[str, float]:
     return out
 
 
-def _category(op: str, node_inputs: list[str], initializers: set[str]) -> str:
+def _category(op: str, node_inputs: list[str] | None, initializers: set[str]) -> str:
+    if node_inputs is None:
+        return "not found in the optimized graph"
     if op in ("MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger", "QLinearMatMul"):
         return "weight matmuls, int8"
     if op in ("MatMul", "FusedMatMul", "Gemm"):
@@ -114,20 +116,23 @@ def profile(paths: dict[str, Path], batches: list, threads: int = common.THREADS
             options.enable_profiling = True
             options.profile_file_prefix = f"{tmp}/profile-{name}"
             sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for _ in range(PROFILE_PASSES + 1):  # the first pass warms up; it is recorded too and divided out below
+        for _ in range(PROFILE_PASSES + 1):  # the first pass warms up; its events are dropped below
             for session in sessions.values():
                 for batch in batches:
                     session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
         events = {name: json.loads(Path(session.end_profiling()).read_text()) for name, session in sessions.items()}
     out = {}
     for name in paths:
+        runs = sorted((e for e in events[name] if e.get("name") == "model_run"), key=lambda e: e["ts"])
+        warm_up_end = runs[len(batches) - 1]["ts"] + runs[len(batches) - 1]["dur"]  # the first pass's last run
         by_category: dict[str, float] = collections.defaultdict(float)
         for event in events[name]:
-            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
+                    and event["ts"] > warm_up_end):
                 node = event["name"][: -len("_kernel_time")]
-                category = _category(event["args"]["op_name"], inputs[name].get(node, []), initializers[name])
+                category = _category(event["args"]["op_name"], inputs[name].get(node), initializers[name])
                 by_category[category] += event["dur"]
-        out[name] = {k: v / 1000 / (PROFILE_PASSES + 1) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])}
+        out[name] = {k: v / 1000 / PROFILE_PASSES for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])}
     return out
 
 

@@ -16,7 +16,8 @@ order it times candidates in. It follows measurements on two CPU families:
   OpenVINO int8 62.4. So int8 runs on onnxruntime there. A Zen 4 dispatching as an AVX2-only CPU
   (``benchmarks/avx2_emulation.py``, cpu-peers-20261204-1416) gives the same order for int8: onnxruntime
   int8 96.0 > OpenVINO strict f32 79.3 > OpenVINO int8 72.1; OpenVINO's int8 matmuls there run
-  oneDNN's ``jit_gemm_I8`` (185 GOPS, below its fp32 201 GFLOP/s), not the VNNI ``brgemm`` kernels.
+  oneDNN's ``jit_gemm_I8`` (kernel named in run 1457; int8 peak 185 GOPS in 1416, below its fp32 201
+  GFLOP/s), not the VNNI ``brgemm`` kernels.
 
 Hence, on CPU:
 

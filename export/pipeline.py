@@ -70,10 +70,10 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     7,999 tokens is most of a small model's export time), listed in the manifest when checked.
     ``int8_fp32_layers``: the encoder layers int8 keeps fp32 (negative indices count from the last;
     ``()`` quantizes every layer). The first and last by default, the layers the gate is most
-    sensitive to. Every layer int8 doubles the distilled 17m's max |Δ| (0.039 → 0.088) and its speed
-    gain is within the noise of one noisy run each (0.97× the default on an emulated AVX2-only CPU,
-    1.14× with VNNI: benchmarks/results/int8-profile-*20261204-145*): the kept layers are ~15% of the
-    int8 graph's time, so quantizing them can save at most ~7% where int8 matmuls are 1.8× fp32 (AVX2).
+    sensitive to. Every layer int8 doubles the distilled 17m's max |Δ| (0.039 → 0.088); the kept
+    layers are ~13% of the int8 graph's time, so quantizing them saves at most ~6% where int8 matmuls
+    are 1.9× fp32 (AVX2) and ~9% where they are 3.3× (VNNI) — measured on a noisy machine at
+    0.97–1.08× (emulated AVX2) and 1.12× (VNNI) the default (benchmarks/bench_int8_profile.py).
     """
     precisions = _check_request(precisions, int8_method)
     if local_attention not in LOCAL_ATTENTION_FORMS:
@@ -224,7 +224,9 @@ def _check_fp32_layers(layers: tuple[int, ...], num_layers: int, int8: bool) -> 
     """Refuse, before anything is built, fp32 layers the model does not have (an index would wrap silently)."""
     if not int8 or layers == KEEP_FP32_LAYERS:
         return
-    if not num_layers:
+    if not num_layers:  # a graph whose layers rerankrt does not know: it quantizes every weight matmul anyway
+        if not layers:
+            return
         raise ValueError("int8_fp32_layers needs a model whose layers rerankrt's graph knows (ModernBERT)")
     wrong = [k for k in layers if not -num_layers <= k < num_layers]
     if wrong:

@@ -71,3 +71,27 @@ def test_a_file_without_xgetbv_is_left_alone(tmp_path: Path) -> None:
     subprocess.run(["cc", "-O1", "-o", str(binary), str(tmp_path / "plain.c")], check=True)
     assert emulation.patch_library(binary, tmp_path / "copy") == []
     assert not (tmp_path / "copy").exists()
+
+
+ZERO_EXTENDED = r"""
+#include <stdio.h>
+#include <stdint.h>
+int main(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("mov $0xffffffff, %%eax\n\txgetbv\n\tmov %%eax, %%eax" : "=a"(lo), "=d"(hi) : "c"(0));
+    printf("%x\n", lo);
+    return 0;
+}
+"""
+
+
+def test_xgetbv_followed_by_mov_eax_eax_leaves_no_stale_bits(tmp_path: Path) -> None:
+    """Where compilers zero-extend the result (``mov eax, eax``) the patch writes the whole ``mov eax, 7``:
+    no leftover register bits (e.g. AMX's state bits 17-18) survive into the XCR0 value."""
+    emulation = _module()
+    (tmp_path / "zx.c").write_text(ZERO_EXTENDED)
+    native = tmp_path / "zx"
+    subprocess.run(["cc", "-O1", "-o", str(native), str(tmp_path / "zx.c")], check=True)
+    patched = tmp_path / "zx-avx2"
+    assert len(emulation.patch_library(native, patched)) == 1
+    assert _xcr0(patched) == 0x7  # the eax preloaded with all ones would show through a 3-byte patch

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from rerankrt.engine import Reranker
 
@@ -53,3 +54,21 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
     assert missing.returncode == 2 and missing.stderr.startswith("error:") and "Traceback" not in missing.stderr
     bad = _cli("predict", tmp_path, stdin="not json\n")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(("value", "layers"), [("none", ()), ("0,-1", (0, -1)), ("3", (3,)), ("-2, 5", (-2, 5))])
+def test_int8_fp32_layers_parses_to_what_export_receives(value, layers):
+    from rerankrt.engine.cli import build_parser
+
+    assert build_parser().parse_args(["export", "model", "-o", "out", "--int8-fp32-layers", value]).int8_fp32_layers \
+        == layers
+    assert build_parser().parse_args(["export", "model", "-o", "out"]).int8_fp32_layers == (0, -1)
+
+
+@pytest.mark.parametrize("value", ["first", "0;1", "1.5"])
+def test_int8_fp32_layers_refuses_what_is_not_a_layer_list(value, capsys):
+    from rerankrt.engine.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["export", "model", "-o", "out", "--int8-fp32-layers", value])
+    assert exc.value.code == 2 and "--int8-fp32-layers" in capsys.readouterr().err

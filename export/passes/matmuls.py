@@ -21,7 +21,7 @@ def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 def fp32_layers(num_layers: int, keep_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS) -> list[int]:
     """The encoder layers kept fp32, as non-negative indices (none when the layers are not known)."""
-    return [k % num_layers for k in keep_fp32_layers] if num_layers else []
+    return sorted({k % num_layers for k in keep_fp32_layers}) if num_layers else []
 
 
 def select_nodes(model: onnx.ModelProto, num_layers: int, keep_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS,
