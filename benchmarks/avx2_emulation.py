@@ -34,7 +34,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 MARKER = "RERANKRT_BENCH_EMULATED_CPU"  # set in an emulated process; its value describes the emulation
@@ -190,40 +189,16 @@ def reexec_emulated(work: Path, argv: list[str]) -> None:
 
 
 def _probe() -> dict:
-    """What the libraries of this process see, and an int8 vs fp32 matmul through onnxruntime."""
-    import time
-
-    import numpy as np
-    import onnx
+    """What the libraries of this process see, and onnxruntime's int8 vs fp32 matmul speed."""
     import onnxruntime as ort
+    from bench_int8_profile import matmul_peaks  # the same matmul the profile benchmark reports
     from numpy._core._multiarray_umath import __cpu_features__ as features  # type: ignore[attr-defined]
-    from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from rerankrt.engine.hardware import cpu_info
 
     info = {"numpy AVX512F": features.get("AVX512F"), "numpy AVX2": features.get("AVX2"),
             "rerankrt int8 class": cpu_info().int8_class, "onnxruntime": ort.__file__}
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = numpy_helper.from_array(rng.standard_normal((512, 2048)).astype(np.float32), "W")
-        graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "mm",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2048, 512])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2048, 2048])], [weights])
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f"{tmp}/f.onnx")
-        quantize_dynamic(f"{tmp}/f.onnx", f"{tmp}/q.onnx", weight_type=QuantType.QInt8)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        x = rng.standard_normal((2048, 512)).astype(np.float32)
-        for name in ("f", "q"):
-            session = ort.InferenceSession(f"{tmp}/{name}.onnx", options, providers=["CPUExecutionProvider"])
-            times = []
-            for _ in range(15):
-                start = time.perf_counter()
-                session.run(None, {"x": x})
-                times.append(time.perf_counter() - start)
-            info[f"onnxruntime {'int8' if name == 'q' else 'fp32'} GOPS"] = round(
-                2 * 2048 * 512 * 2048 / sorted(times)[7] / 1e9)
+    info.update({f"onnxruntime {name} GOPS": round(gops) for name, gops in matmul_peaks().items()})
     return info
 
 
