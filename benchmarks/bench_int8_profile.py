@@ -85,6 +85,8 @@ def _category(op: str, node_inputs: list[str] | None, initializers: set[str]) ->
                 else "attention matmuls (fp32)")
     if op == "Softmax":
         return "softmax"
+    if op in ("Attention", "MultiHeadAttention"):
+        return "attention op (scores, bias, softmax, context)"
     if op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
         return "(de)quantization"
     return "elementwise and layout"

@@ -171,11 +171,15 @@ def prepare_model(name: str, work: Path, pairs_limit: int | None, precisions: tu
 
 
 def _stale_graph_form(fp32: dict) -> bool:
-    """A native ModernBERT graph exported with other forms than today's defaults."""
+    """A native ModernBERT graph exported with other forms than today's defaults (an artifact cached before a
+    graph change would measure the old graph): banded sliding layers, the default query chunks, and the
+    attention-op forms onnxruntime loads on CPUs (written wherever this onnxruntime can verify them)."""
+    from rerankrt.engine.backends import ATTENTION_OP_FORM, onnxruntime_reads_attention_op
     from rerankrt.export.graph import GLOBAL_QUERY_CHUNKS
 
     return fp32.get("graph_form") == "native-modernbert" and (
-        fp32.get("local_attention") != "banded" or fp32.get("global_query_chunks") != GLOBAL_QUERY_CHUNKS)
+        fp32.get("local_attention") != "banded" or fp32.get("global_query_chunks") != GLOBAL_QUERY_CHUNKS
+        or (onnxruntime_reads_attention_op() and ATTENTION_OP_FORM not in fp32.get("forms", {})))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,13 +245,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def graph_runner(path: Path, runtime: str, hint: str = "f32", threads: int = THREADS) -> Callable:
+def graph_runner(path: Path, runtime: str, hint: str | None = "f32", threads: int = THREADS) -> Callable:
     """``run(input_ids, attention_mask) -> logits`` of a bare OpenVINO (``hint``: its inference precision) or
     onnxruntime CPU session on one graph file: what the graph-form benchmarks time, without the engine around it."""
     if runtime == "openvino":
         import openvino as ov
 
         config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        if hint is None:  # OpenVINO's own default (bf16 on BF16 CPUs)
+            del config["INFERENCE_PRECISION_HINT"]
         request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
         return lambda i, m: request.infer({"input_ids": i, "attention_mask": m})[0]
     import onnxruntime as ort

@@ -96,14 +96,21 @@ class Artifact:
     def precisions(self) -> list[str]:
         return list(self.manifest["graphs"])
 
-    def graph(self, precision: str, verify: bool = True) -> GraphEntry:
-        """The graph file for ``precision``, checked against its recorded size and sha256."""
+    def graph(self, precision: str, verify: bool = True, form: str | None = None) -> GraphEntry:
+        """The graph file for ``precision``, checked against its recorded size and sha256.
+
+        ``form``: the precision's graph in that other form (``graphs.<precision>.forms``, e.g. "attention-op")
+        where the artifact has it, else the main graph: a backend asks for the form it runs fastest.
+        """
         graphs = self.manifest["graphs"]
         if precision not in graphs:
             raise ArtifactError(
                 f"artifact {self.directory} has no {precision!r} graph; available: {sorted(graphs)}",
                 str(self.directory))
         info = graphs[precision]
+        if form is not None and form in info.get("forms", {}):
+            info = {**{k: v for k, v in info.items() if k not in ("forms", "data_files")}, **info["forms"][form],
+                    "attention": form}
         path = self.directory / info["file"]
         size = _check_file(path, info, "graph file", "", verify)
         for data in info.get("data_files", []):  # the weights of a graph past 2 GB, beside it
@@ -157,6 +164,12 @@ def validate_manifest(manifest: Any, path: Path) -> dict:
         if not isinstance(data, list) or not all(isinstance(d, dict) and isinstance(d.get("file"), str)
                                                  and "/" not in d["file"] and "\\" not in d["file"] for d in data):
             raise ArtifactError(f"{path} graph entry {precision!r} has malformed data_files (a list of "
+                                "{file, size_bytes, sha256} in the artifact directory)", str(path))
+        forms = info.get("forms", {})
+        if not isinstance(forms, dict) or not all(isinstance(f, dict) and isinstance(f.get("file"), str)
+                                                  and "/" not in f["file"] and "\\" not in f["file"]
+                                                  for f in forms.values()):
+            raise ArtifactError(f"{path} graph entry {precision!r} has malformed forms (form name → "
                                 "{file, size_bytes, sha256} in the artifact directory)", str(path))
     if manifest["activation"] not in ("identity", "sigmoid"):
         raise ArtifactError(f"{path} has unknown activation {manifest['activation']!r}", str(path))

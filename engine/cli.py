@@ -43,7 +43,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
            threads=args.threads, int8_method=args.int8_method,
            int8_fp32_layers=args.int8_fp32_layers, gate_pairs=args.gate_pairs,
            local_attention=args.local_attention, global_query_chunks=args.global_query_chunks,
-           check_memory=not args.no_memory_check)
+           attention=args.attention, check_memory=not args.no_memory_check)
     return 0
 
 
@@ -121,6 +121,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
         fid = (f"max|Δ|={r['max_abs_delta']:.3g} spearman={r['spearman']:.6f} top10={r['top10_agreement']:.3f} "
                f"{'ok' if r['passed'] else 'FAILED'}") if r else "no parity report"
         print(f"graph        {precision:<5} {info['file']:<18} {info.get('size_bytes', 0) / 1e6:8.1f} MB  {fid}")
+        if info.get("attention"):  # how the graph writes attention (export --attention), local layers, chunks
+            print(f"               attention {info['attention']}, sliding layers {info.get('local_attention')}, "
+                  f"global queries in {info.get('global_query_chunks')} chunks past 2,048 tokens")
+        for form, sub in info.get("forms", {}).items():  # the same precision in another form (onnxruntime, CPU)
+            checked = (r or {}).get("forms", {}).get(form)
+            verdict = (f"spearman={checked['spearman']:.6f} top10={checked['top10_agreement']:.3f} "
+                       f"{'ok' if checked['passed'] else 'FAILED'}") if checked else "no parity report"
+            print(f"               + {sub['file']:<32} {sub.get('size_bytes', 0) / 1e6:6.1f} MB  {form} form, "
+                  f"for {sub.get('runs_on', '?')}: {verdict}")
         for data in info.get("data_files", []):  # weights of a graph past 2 GB
             print(f"               + {data['file']:<22} {data.get('size_bytes', 0) / 1e6:8.1f} MB  (external data)")
         for name, sub in (r or {}).get("by_backend", {}).items():
@@ -357,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-attention", choices=["banded", "full"], default="banded",
                    help="ModernBERT sliding-window layers: banded (blocks of the window, linear in the length; "
                         "default) or full (n×n scores masked afterwards)")
+    p.add_argument("--attention", choices=["auto", "matmul"], default="auto",
+                   help="auto (default): besides the graphs every runtime reads (attention as opset-17 matmuls), "
+                        "fp32 and int8 also in the attention-op form (ONNX opset 23 Attention and RotaryEmbedding), "
+                        "which onnxruntime loads on CPUs (~1.17x faster; needs onnxruntime>=1.24); matmul: one "
+                        "form only (a smaller artifact)")
     p.add_argument("--global-query-chunks", type=int, default=16, metavar="N",
                    help="ModernBERT global layers past 2,048 tokens score their queries in N consecutive chunks, "
                         "so one long document's scores take 1/N of the memory (default 16; 1 = all at once)")

@@ -131,7 +131,9 @@ def check_int8(artifact: Artifact, backend, policy: BatchPolicy, threads: int | 
         return Int8Check("gated here", gated, here)
     if not enabled:
         return Int8Check("skipped", gated, here)
-    graph = artifact.graph("int8", verify=False)
+    from .backends import backend_class, graph_form_for  # the reference runs on onnxruntime in strict fp32
+
+    graph = artifact.graph("int8", verify=False, form=graph_form_for(backend.name, backend.device))  # what it runs
     key = "|".join([f"v{CHECK_VERSION}", graph.sha256 or str(graph.path), backend.name,
                     str(getattr(backend, "inference_precision", "") or ""), here])
     cache = _cache_file()
@@ -139,14 +141,12 @@ def check_int8(artifact: Artifact, backend, policy: BatchPolicy, threads: int | 
     if isinstance(cached, dict) and cached.get("status") in ("passed", "failed"):
         return Int8Check(cached["status"], gated, here, cached=True, report=cached.get("report"))
 
-    from .backends import backend_class  # the reference runs on onnxruntime in strict fp32
-
     started = time.perf_counter()
     tokenizer = PairTokenizer.for_artifact(artifact)
     pairs = check_pairs()
     ids = tokenizer.encode(pairs)
-    reference_backend = backend_class("onnxruntime")(artifact.graph("fp32", verify=False).path, precision="fp32",
-                                                     threads=threads)
+    reference_graph = artifact.graph("fp32", verify=False, form=graph_form_for("onnxruntime", "cpu"))
+    reference_backend = backend_class("onnxruntime")(reference_graph.path, precision="fp32", threads=threads)
     reference = score_ids(reference_backend, ids, policy, tokenizer.pad_id, artifact.num_labels)[:, 0]
     candidate = score_ids(backend, ids, policy, tokenizer.pad_id, artifact.num_labels)[:, 0]
     del reference_backend

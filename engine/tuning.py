@@ -133,6 +133,8 @@ def signature(artifact: Artifact, threads: int | None, cpu: CpuInfo | None = Non
     that changes speed (``load``: the token budget, whether int8 is re-checked) is another key."""
     cpu = cpu or cpu_info()
     graphs = {p: g.get("sha256") or g.get("file") for p, g in artifact.manifest.get("graphs", {}).items()}
+    graphs.update({f"{p} {form}": f.get("sha256") or f.get("file")  # the forms a backend loads instead
+                   for p, g in artifact.manifest.get("graphs", {}).items() for form, f in g.get("forms", {}).items()})
     return {"tune_version": TUNE_VERSION, "cpu_model": cpu.model, "cpu_flags": sorted(cpu.flags),
             "logical_cores": cpu.logical_cores, "threads": threads, "versions": _versions(), "graphs": graphs,
             "load": dict(sorted((load or {}).items()))}

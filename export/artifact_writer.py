@@ -70,6 +70,9 @@ def write_artifact(staging: Path, output_dir: Path, src: SourceModel, tok_spec: 
         path = staging / info["file"]  # bf16 shares the fp32 file
         info.update({"sha256": sha256_file(path), "size_bytes": path.stat().st_size,
                      "inputs": ["input_ids", "attention_mask"], "output": "logits"})
+        for form in info.get("forms", {}).values():  # the same precision in another graph form (inline weights)
+            form_path = staging / form["file"]
+            form.update({"sha256": sha256_file(form_path), "size_bytes": form_path.stat().st_size})
         data = data_files(path)  # weights past protobuf's 2 GB: checked like the graph file itself
         if data:
             info["data_files"] = [{"file": d.name, "size_bytes": d.stat().st_size, "sha256": sha256_file(d)}

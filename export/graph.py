@@ -11,7 +11,9 @@ layer for every token although only the CLS row is read. Here:
 * the attention scale is folded into the Q weights and RoPE at position 0 is the identity;
 * padding and sliding-window masks are built once per batch and shared by all layers;
 * with CLS pooling the last layer runs attention and MLP for the CLS row only (exact);
-* only standard ONNX ops (opset 17), so onnxruntime, OpenVINO and TensorRT all read it.
+* only standard ONNX ops: attention spelled out in opset-17 ops (``matmul``), which onnxruntime, OpenVINO
+  and TensorRT all read, or as opset 23's ``Attention`` and ``RotaryEmbedding`` (``attention-op``, what
+  onnxruntime runs fastest on CPUs; see :data:`ATTENTION_FORMS`).
 
 Any other architecture (classic BERT/MiniLM ``*ForSequenceClassification``) goes through
 ``export_with_torch``, a ``torch.onnx.export`` of the PyTorch reference module itself.
@@ -28,7 +30,7 @@ import onnx
 from rerankrt.engine.errors import UnsupportedModelError
 
 from .external_data import EXTERNAL_DATA_FROM_BYTES, ExternalDataWriter, save_model
-from .onnx_builder import FLOAT, INT64, GraphBuilder
+from .onnx_builder import FLOAT, INT64, OPSET, GraphBuilder
 from .source import SourceModel
 
 MASK_VALUE = -30000.0
@@ -58,6 +60,16 @@ ONE_BLOCK_UP_TO = 256
 # precision pass).
 GLOBAL_QUERY_CHUNKS = 16
 CHUNK_QUERIES_FROM = 2048
+# How attention is written. "matmul": in opset-17 ops on [B,h,S,d] (Q·Kᵀ MatMul, bias Add, Softmax, ·V MatMul,
+# RoPE as Slice/Neg/Concat/Mul/Add, transposes in and out of the head layout): every runtime this project
+# serves with reads it, TensorRT included; the artifact's main graphs. "attention-op": ONNX opset 23's ``Attention``
+# (scores, bias, softmax and context in one node) and ``RotaryEmbedding`` on [B,S,hidden], no head transposes;
+# same blocks, chunks and masks, same scores (|Δ| ~1e-6). onnxruntime runs it 1.17-1.18x faster on CPUs,
+# OpenVINO 0.85-0.90x (benchmarks/bench_attention_forms.py), so the export writes it beside the main fp32 and
+# int8 graphs for onnxruntime on CPUs (pipeline.attention_op_precisions, engine/backends graph_form_for).
+# onnxruntime reads it from 1.24 (QuantizeLinear-23; fp32 from 1.23), OpenVINO from 2026.3.
+ATTENTION_FORMS = ("matmul", "attention-op")
+ATTENTION_OP_OPSET = 23
 
 
 class ModernBertSpec:
@@ -99,7 +111,10 @@ class _ModernBertGraph:
 
     def __init__(self, src: SourceModel, cls_only_last_layer: bool, rope_form: str = "rotate_half",
                  external: ExternalDataWriter | None = None, local_attention: str = "banded",
-                 global_query_chunks: int = GLOBAL_QUERY_CHUNKS) -> None:
+                 global_query_chunks: int = GLOBAL_QUERY_CHUNKS, attention: str = "matmul") -> None:
+        if attention not in ATTENTION_FORMS:
+            raise ValueError(f"attention must be one of {ATTENTION_FORMS}, got {attention!r}")
+        self.attention_op = attention == "attention-op"
         if global_query_chunks < 1:
             raise ValueError(f"global_query_chunks must be ≥ 1, got {global_query_chunks}")
         self.query_chunks = int(global_query_chunks)
@@ -112,7 +127,7 @@ class _ModernBertGraph:
         self.src = src
         self.spec = ModernBertSpec(src.config)
         self.w = src.load_backbone_weights()
-        self.g = GraphBuilder("rerankrt_modernbert", external)
+        self.g = GraphBuilder("rerankrt_modernbert", external, ATTENTION_OP_OPSET if self.attention_op else OPSET)
         self.cls_only = cls_only_last_layer and src.pooling == "cls"
 
     # -- small helpers -------------------------------------------------------------------
@@ -186,7 +201,8 @@ class _ModernBertGraph:
     def rope_tables(self, pos_f: str) -> dict[str, tuple[str, str]]:
         """cos/sin per attention kind, computed in fp32 like the reference.
 
-        ``half``: [S, 1, head_dim/2]; ``rotate_half``: [1, 1, S, head_dim] (both halves repeated).
+        ``half``: [S, 1, head_dim/2]; ``rotate_half``: [1, 1, S, head_dim] (both halves repeated);
+        the attention-op form: [S, head_dim/2], ``RotaryEmbedding``'s cache, read at :attr:`position_ids`.
         """
         g, spec = self.g, self.spec
         tables = {}
@@ -194,9 +210,9 @@ class _ModernBertGraph:
             exponent = np.arange(0, spec.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(spec.head_dim)
             inv_freq = (1.0 / (np.float32(spec.theta[kind]) ** exponent)).astype(np.float32)
             freqs = g.op("Mul", [g.op("Unsqueeze", [pos_f, g.const([1])]), g.const(inv_freq, np.float32)], "freqs")
-            if self.rope_form == "half":
+            if self.rope_form == "half" and not self.attention_op:
                 freqs = g.op("Unsqueeze", [freqs, g.const([1])])
-            else:
+            elif not self.attention_op:
                 freqs = g.op("Unsqueeze", [g.op("Concat", [freqs, freqs], axis=-1), g.const([0, 1])])
             tables[kind] = (g.op("Cos", [freqs], f"cos_{kind}"), g.op("Sin", [freqs], f"sin_{kind}"))
         return tables
@@ -221,9 +237,14 @@ class _ModernBertGraph:
                                                   g.const([half])])], "band_tail")  # (-S) mod half, or 0
         side = g.op("Mul", [blocked, self.block], "band_side")  # keys padded on each side: a block, or none
         self.seq_1d = seq
-        self.q_pads = g.op("Concat", [g.const([0, 0, 0, 0, 0, 0]), tail, g.const([0])], "q_pads", axis=0)
-        self.kv_pads = g.op("Concat", [g.const([0, 0]), side, g.const([0, 0, 0]), g.op("Add", [tail, side]),
-                                       g.const([0])], "kv_pads", axis=0)
+        if self.attention_op:  # q, k, v as [B, S, hidden]
+            self.q_pads = g.op("Concat", [g.const([0, 0, 0, 0]), tail, g.const([0])], "q_pads", axis=0)
+            self.kv_pads = g.op("Concat", [g.const([0]), side, g.const([0, 0]), g.op("Add", [tail, side]),
+                                           g.const([0])], "kv_pads", axis=0)
+        else:  # [B, h, S, d]
+            self.q_pads = g.op("Concat", [g.const([0, 0, 0, 0, 0, 0]), tail, g.const([0])], "q_pads", axis=0)
+            self.kv_pads = g.op("Concat", [g.const([0, 0]), side, g.const([0, 0, 0]), g.op("Add", [tail, side]),
+                                           g.const([0])], "kv_pads", axis=0)
         self.mask_pads = g.op("Concat", [g.const([0]), side, g.const([0]), g.op("Add", [tail, side])],
                               "mask_pads", axis=0)
         n_blocks = g.op("Div", [g.op("Add", [seq, tail]), self.block])  # [1]
@@ -249,7 +270,8 @@ class _ModernBertGraph:
         Past :data:`CHUNK_QUERIES_FROM` tokens: the rows padded by chunks − 1 (so no piece is empty), ``chunks``
         pieces of ⌈S/chunks⌉ rows, the last taking the rest; up to it: no padding, all S rows in the first
         piece and the other pieces empty (zero rows, which both backends accept; a padding row per piece instead
-        measured the same within noise at 16 × 128 and 4 × 512 tokens, so short batches carry none). Decided
+        measured the same within noise at 16 × 128 and 4 × 512 tokens, so short batches carry none; the
+        attention-op form carries them: ``Attention`` refuses zero rows). Decided
         from the batch's width with arithmetic on shapes only, as :meth:`band_layout`.
         """
         g, n = self.g, self.query_chunks
@@ -258,13 +280,20 @@ class _ModernBertGraph:
         whole = g.op("Sub", [g.const([1]), split])
         size = g.op("Div", [g.op("Add", [seq, g.const([n - 1])]), g.const([n])])  # ⌈S/n⌉
         first = g.op("Add", [g.op("Mul", [split, size]), g.op("Mul", [whole, seq])])
-        middle = g.op("Mul", [split, size])  # ⌈S/n⌉, or 0
-        extra = g.op("Mul", [split, g.const([n - 1])])  # padding rows: n − 1 when chunked, else none
-        rest = g.op("Sub", [g.op("Add", [seq, extra]), g.op("Mul", [size, g.const([n - 1])])])
-        last = g.op("Mul", [split, rest])
+        if self.attention_op:  # Attention refuses zero query rows: unchunked, every other piece is one padding row
+            extra = g.const([n - 1])
+            middle = g.op("Add", [g.op("Mul", [split, size]), whole])  # ⌈S/n⌉, or 1
+            rest = g.op("Sub", [g.op("Add", [seq, extra]), g.op("Mul", [size, g.const([n - 1])])])
+            last = g.op("Add", [g.op("Mul", [split, rest]), whole])
+        else:
+            middle = g.op("Mul", [split, size])  # ⌈S/n⌉, or 0
+            extra = g.op("Mul", [split, g.const([n - 1])])  # padding rows: n − 1 when chunked, else none
+            rest = g.op("Sub", [g.op("Add", [seq, extra]), g.op("Mul", [size, g.const([n - 1])])])
+            last = g.op("Mul", [split, rest])
         parts = [first] + [middle] * (n - 2) + [last]
         self.chunk_sizes = g.op("Concat", parts, "query_chunk_sizes", axis=0)  # [n], sums to S (+ n − 1)
-        self.chunk_pads = g.op("Concat", [g.const([0, 0, 0, 0, 0, 0]), extra, g.const([0])], "q_chunk_pads", axis=0)
+        zeros = [0, 0, 0, 0] if self.attention_op else [0, 0, 0, 0, 0, 0]  # q as [B,S,hidden] or [B,h,S,d]
+        self.chunk_pads = g.op("Concat", [g.const(zeros), extra, g.const([0])], "q_chunk_pads", axis=0)
         self.chunk_seq = seq
 
     def chunked_global_attention(self, q: str, k: str, v: str, bias: str) -> str:
@@ -280,15 +309,16 @@ class _ModernBertGraph:
         ctx = g.op("Concat", contexts, "chunk_ctx", axis=2)
         return g.op("Slice", [ctx, g.const([0]), self.chunk_seq, g.const([2])], "global_ctx")
 
-    def neighbour_blocks(self, x: str, axis: int) -> str:
+    def neighbour_blocks(self, x: str, axis: int, feature: int | None = None) -> str:
         """[..., padded length, ...] → [..., nb, band_keys, ...]: each block with its neighbours' keys.
 
         ``x`` is padded by the side blocks; it is cut into blocks along ``axis`` and one ``Gather`` with
         :meth:`band_layout`'s indices copies every block's neighbours at once (slices + concat made four
-        copies, most of the band's cost at short lengths).
+        copies, most of the band's cost at short lengths). ``feature``: the size of the one axis after
+        ``axis`` (head_dim for [B,h,S,d], hidden for [B,S,hidden]), None where ``axis`` is the last.
         """
         g = self.g
-        tail = [g.const([self.spec.head_dim])] if axis == 2 else []
+        tail = [g.const([feature])] if feature else []
         shape = g.op("Concat", [g.const([0] * axis + [-1]), self.block, *tail], axis=0)
         blocks = g.op("Reshape", [x, shape], "blocks")  # [..., nb + 2·side, block, ...]
         gathered = g.op("Gather", [blocks, self.band_index], "band_gather", axis=axis)  # [..., nb, 3, block, ...]
@@ -303,6 +333,9 @@ class _ModernBertGraph:
         pad = g.op("Mul", [g.op("Sub", [keys, g.const(1.0, np.float32)]), g.const(-MASK_VALUE, np.float32)])
         pad = g.op("Unsqueeze", [pad, g.const([1, 3])])  # [B,1,nb,1,band_keys]
         bias = g.op("Add", [pad, self.band_window])  # [B,1,nb,block,band_keys]
+        if self.attention_op:  # one bias per block for every head: [B·nb,1,block,band_keys], as Attention's batch
+            shape = g.op("Concat", [g.const([-1, 1]), self.block, self.band_keys], axis=0)
+            return g.op("Reshape", [bias, shape], "band_bias")
         heads = g.op("Concat", [self.batch_1d, g.const([self.spec.heads, 1, 1, 1])], axis=0)
         bias = g.op("Expand", [bias, heads])  # [B,h,nb,block,band_keys]: once per batch, shared by the layers
         shape = g.op("Concat", [g.const([0, -1]), self.block, self.band_keys], axis=0)
@@ -321,8 +354,8 @@ class _ModernBertGraph:
         per_head_blocks = g.op("Concat", [g.const([0, -1]), self.block, g.const([d])], axis=0)
         qb = g.op("Reshape", [g.op("Pad", [q, self.q_pads]), per_head_blocks], "q_blocks")  # [B,h·nb,block,d]
         keys_shape = g.op("Concat", [g.const([0, -1]), self.band_keys, g.const([d])], axis=0)
-        kb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [k, self.kv_pads]), axis=2), keys_shape])
-        vb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [v, self.kv_pads]), axis=2), keys_shape])
+        kb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [k, self.kv_pads]), axis=2, feature=d), keys_shape])
+        vb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [v, self.kv_pads]), axis=2, feature=d), keys_shape])
         scores = g.op("MatMul", [qb, g.op("Transpose", [kb], perm=[0, 1, 3, 2])], "band_scores")
         probs = g.op("Softmax", [g.op("Add", [scores, bias])], "band_probs", axis=-1)  # [B,h·nb,block,keys]
         ctx = g.op("Reshape", [g.op("MatMul", [probs, vb]), g.const([0, h, -1, d])])  # [B,h,Sp,d]
@@ -336,6 +369,7 @@ class _ModernBertGraph:
         pad = g.op("Mul", [g.op("Sub", [mask_f, g.const(1.0, np.float32)]), g.const(-MASK_VALUE, np.float32)])
         pad = g.op("Unsqueeze", [pad, g.const([1, 2])], "pad_bias")  # [B,1,1,S]
         biases = {"full_attention": pad}
+        self.pad_bias = pad
         if self.banded and self.sliding_banded_layers():
             biases["sliding_attention_band"] = self.band_bias(mask_f)
         if not self.banded_everywhere() or self.cls_only:
@@ -373,6 +407,8 @@ class _ModernBertGraph:
     def rope(self, x: str, cos: str, sin: str) -> str:
         """Rotate-half RoPE (same formula as the reference) in the configured form."""
         g, half = self.g, self.spec.head_dim // 2
+        if self.attention_op:  # x [B,S,hidden]; rotate-half (interleaved=0) over each head's whole dimension
+            return g.op("RotaryEmbedding", [x, cos, sin, self.position_ids], "rope", num_heads=self.spec.heads)
         if self.rope_form == "rotate_half":  # x·cos + cat(−x2, x1)·sin on [B,h,S,d], as PyTorch exports it
             x1 = g.op("Slice", [x, g.const([0]), g.const([half]), g.const([-1])])
             x2 = g.op("Slice", [x, g.const([half]), g.const([np.iinfo(np.int64).max]), g.const([-1])])
@@ -384,22 +420,92 @@ class _ModernBertGraph:
         second = g.op("Add", [g.op("Mul", [x2, cos]), g.op("Mul", [x1, sin])])
         return g.op("Concat", [first, second], "rope", axis=3)
 
-    def attention(self, i: int, q_in: str, kv_in: str, bias: str, rope: tuple[str, str] | None) -> str:
-        """Multi-head attention. ``rope=None`` means the query is the CLS row (position 0: identity)."""
-        g, spec = self.g, self.spec
+    def projections(self, i: int, q_in: str, kv_in: str) -> tuple[str, str, str]:
+        """Q (the attention scale folded into its weights), K, V as [B, S, hidden]: three MatMuls, no Split."""
         wqkv = self.tensor(f"layers.{i}.attn.Wqkv.weight")
         bqkv = self.w.get(f"layers.{i}.attn.Wqkv.bias")
-        H = spec.hidden
-        scale = 1.0 / math.sqrt(spec.head_dim)
-        heads_shape = g.const([0, 0, spec.heads, spec.head_dim])
+        H = self.spec.hidden
+        scale = 1.0 / math.sqrt(self.spec.head_dim)
 
         def proj(part: int, s: float = 1.0) -> str:
             w = wqkv[part * H:(part + 1) * H] * np.float32(s)
             b = None if bqkv is None else bqkv[part * H:(part + 1) * H] * np.float32(s)
-            return g.op("Reshape", [self.linear(kv_in if part else q_in, f"layers.{i}.attn.W{'qkv'[part]}", w, b),
-                                    heads_shape])
+            return self.linear(kv_in if part else q_in, f"layers.{i}.attn.W{'qkv'[part]}", w, b)
 
-        q, k, v = proj(0, scale), proj(1), proj(2)
+        return proj(0, scale), proj(1), proj(2)
+
+    def attend(self, q: str, k: str, v: str, bias: str) -> str:
+        """ONNX ``Attention`` on [batch, rows, hidden]: softmax(q·kᵀ + bias)·v per head (scale already in q)."""
+        heads = self.spec.heads
+        return self.g.op("Attention", [q, k, v, bias], "attention", q_num_heads=heads, kv_num_heads=heads, scale=1.0)
+
+    def banded_attention_op(self, q: str, k: str, v: str, bias: str) -> str:
+        """The banded sliding window in the attention-op form: blocks become Attention's batch.
+
+        q, k, v are [B,S,hidden]; a block of queries is [B·nb, block, hidden] (a reshape of the padded
+        rows: no copy) and its band of keys [B·nb, band_keys, hidden] (one Gather, :meth:`neighbour_blocks`),
+        with the [B·nb,1,block,band_keys] bias of :meth:`band_bias`. Returns the context as [B,S,hidden].
+        """
+        g, H = self.g, self.spec.hidden
+        qb = g.op("Reshape", [g.op("Pad", [q, self.q_pads]), g.op("Concat", [g.const([-1]), self.block, g.const([H])],
+                                                                        axis=0)], "q_blocks")
+        keys_shape = g.op("Concat", [g.const([-1]), self.band_keys, g.const([H])], axis=0)
+        kb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [k, self.kv_pads]), axis=1, feature=H), keys_shape])
+        vb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [v, self.kv_pads]), axis=1, feature=H), keys_shape])
+        ctx = g.op("Reshape", [self.attend(qb, kb, vb, bias), g.op("Concat", [self.batch_1d, g.const([-1, H])],
+                                                                       axis=0)])  # [B, padded S, hidden]
+        return g.op("Slice", [ctx, g.const([0]), self.seq_1d, g.const([1])], "band_ctx")
+
+    def global_attention_op(self, q: str, k: str, v: str) -> str:
+        """Global layers in the attention-op form, query rows in :meth:`query_chunk_layout`'s chunks.
+
+        ``Attention`` wants the bias with one row per query (onnxruntime refuses a [B,1,1,S] one), so
+        each chunk gets the [B,1,1,S] padding bias expanded to its rows, [B,1,rows,S], right before its
+        ``Attention``: one chunk's mask alive at a time, bounded by the chunking as the scores are (masks
+        shared by the layers would hold all chunks' rows, an n×n tensor, at once: 256 MB at 7,999 tokens).
+        """
+        g, n = self.g, self.query_chunks
+
+        def mask(rows: str) -> str:
+            return g.op("Expand", [self.pad_bias, g.op("Concat", [g.const([1, 1]), rows, g.const([1])], axis=0)],
+                        "global_mask")
+
+        if n == 1:
+            return self.attend(q, k, v, mask(self.seq_for_masks))
+        chunks = g.op("Split", [g.op("Pad", [q, self.chunk_pads], "q_chunk_pad"), self.chunk_sizes], "q_chunk",
+                      n_out=n, axis=1)
+        rows = [g.op("Slice", [self.chunk_sizes, g.const([j]), g.const([j + 1])]) for j in range(n)]
+        ctx = g.op("Concat", [self.attend(chunk, k, v, mask(r)) for chunk, r in zip(chunks, rows, strict=True)],
+                   "chunk_ctx", axis=1)
+        return g.op("Slice", [ctx, g.const([0]), self.chunk_seq, g.const([1])], "global_ctx")
+
+    def attention_as_op(self, i: int, q_in: str, kv_in: str, bias: str, rope: tuple[str, str] | None) -> str:
+        """The attention-op form of :meth:`attention`: everything on [B,S,hidden], no head layout."""
+        spec = self.spec
+        q, k, v = self.projections(i, q_in, kv_in)
+        cos, sin = self.rope_all[spec.layer_types[i]]
+        k = self.rope(k, cos, sin)
+        if rope is None:  # the CLS row: position 0, RoPE is the identity
+            ctx = self.attend(q, k, v, bias)
+        else:
+            q = self.rope(q, cos, sin)
+            if i in self.banded_layers:
+                ctx = self.banded_attention_op(q, k, v, bias)
+            elif spec.layer_types[i] == "full_attention":
+                ctx = self.global_attention_op(q, k, v)
+            else:  # a sliding layer in the "full" local form: its [B,1,S,S] bias fits Attention as it is
+                ctx = self.attend(q, k, v, bias)
+        return self.linear(ctx, f"layers.{i}.attn.Wo", self.tensor(f"layers.{i}.attn.Wo.weight"),
+                           self.w.get(f"layers.{i}.attn.Wo.bias"))
+
+    def attention(self, i: int, q_in: str, kv_in: str, bias: str, rope: tuple[str, str] | None) -> str:
+        """Multi-head attention. ``rope=None`` means the query is the CLS row (position 0: identity)."""
+        if self.attention_op:
+            return self.attention_as_op(i, q_in, kv_in, bias, rope)
+        g, spec = self.g, self.spec
+        H = spec.hidden
+        heads_shape = g.const([0, 0, spec.heads, spec.head_dim])
+        q, k, v = (g.op("Reshape", [t, heads_shape]) for t in self.projections(i, q_in, kv_in))
         tables = self.rope_all[spec.layer_types[i]]
         if rope is not None and i in self.banded_layers:  # every query row, sliding window: in blocks
             if self.rope_form == "half":
@@ -491,6 +597,10 @@ class _ModernBertGraph:
         with g.keep_fp32():
             pos, pos_f = self.positions(input_ids)
             self.rope_all = self.rope_tables(pos_f)
+            if self.attention_op:  # RotaryEmbedding's [B,S] positions into the [S, head_dim/2] tables
+                self.position_ids = g.op("Expand", [g.op("Unsqueeze", [pos, g.const([0])]), g.op("Shape", [input_ids])],
+                                         "position_ids")
+                self.seq_for_masks = g.op("Slice", [g.op("Shape", [input_ids]), g.const([1]), g.const([2])])
             if self.banded_layers:
                 self.band_layout(input_ids)
             if self.query_chunks > 1:
@@ -506,8 +616,8 @@ class _ModernBertGraph:
 
 def build_modernbert_graph(src: SourceModel, cls_only_last_layer: bool = True,
                            rope_form: str = "rotate_half", external: ExternalDataWriter | None = None,
-                           local_attention: str = "banded",
-                           global_query_chunks: int = GLOBAL_QUERY_CHUNKS) -> onnx.ModelProto:
+                           local_attention: str = "banded", global_query_chunks: int = GLOBAL_QUERY_CHUNKS,
+                           attention: str = "matmul") -> onnx.ModelProto:
     """The native fast graph for ModernBERT backbones (Ettin modular and classic ModernBERT).
 
     With ``external`` the weights are appended to its data file as they are made (the returned
@@ -516,7 +626,7 @@ def build_modernbert_graph(src: SourceModel, cls_only_last_layer: bool = True,
     if src.model_type != "modernbert":
         raise UnsupportedModelError(f"native graph builder handles modernbert, not {src.model_type!r}")
     return _ModernBertGraph(src, cls_only_last_layer, rope_form, external, local_attention,
-                            global_query_chunks).build()
+                            global_query_chunks, attention).build()
 
 
 def export_with_torch(src: SourceModel, path: Path, opset: int = 17) -> None:
@@ -537,11 +647,18 @@ def export_with_torch(src: SourceModel, path: Path, opset: int = 17) -> None:
                                         "logits": {0: "batch"}})
 
 
+def weights_go_external(src: SourceModel) -> bool:
+    """Whether ``build_graph`` writes ``src``'s weights to a ``.data`` file beside the graph (past 1.5 GB fp32)."""
+    return src.weight_bytes_fp32() > EXTERNAL_DATA_FROM_BYTES
+
+
 def build_graph(src: SourceModel, path: Path, external: bool | None = None,
-                local_attention: str = "banded", global_query_chunks: int = GLOBAL_QUERY_CHUNKS) -> str:
+                local_attention: str = "banded", global_query_chunks: int = GLOBAL_QUERY_CHUNKS,
+                attention: str = "matmul") -> str:
     """Write the fp32 graph for ``src`` to ``path``; returns the graph form used.
 
-    ``local_attention`` is the form of ModernBERT's sliding-window layers (:data:`LOCAL_ATTENTION_FORMS`).
+    ``local_attention`` is the form of ModernBERT's sliding-window layers (:data:`LOCAL_ATTENTION_FORMS`),
+    ``attention`` how attention itself is written (:data:`ATTENTION_FORMS`); both apply to ModernBERT only.
 
     The weights go to ``<path>.data`` when their fp32 size passes
     :data:`~.external_data.EXTERNAL_DATA_FROM_BYTES` (decided from the weights file's header,
@@ -549,11 +666,11 @@ def build_graph(src: SourceModel, path: Path, external: bool | None = None,
     """
     if src.model_type == "modernbert":
         if external is None:
-            external = src.weight_bytes_fp32() > EXTERNAL_DATA_FROM_BYTES
+            external = weights_go_external(src)
         writer = ExternalDataWriter(path) if external else None
         try:
             model = build_modernbert_graph(src, external=writer, local_attention=local_attention,
-                                           global_query_chunks=global_query_chunks)
+                                           global_query_chunks=global_query_chunks, attention=attention)
         finally:
             if writer is not None:
                 writer.close()

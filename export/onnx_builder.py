@@ -18,14 +18,20 @@ from onnx import TensorProto, helper, numpy_helper
 from .external_data import MIN_EXTERNAL_TENSOR_BYTES, ExternalDataWriter
 
 OPSET = 17  # LayerNormalization is in the default domain from 17; widely read by ORT, OpenVINO, TensorRT.
+# The IR version each default-domain opset needs (onnx's table): 17 → 8, 23 (Attention, RotaryEmbedding) → 11.
+# Written explicitly: ``helper.make_model`` writes the newest the installed onnx knows, which older runtimes refuse.
+IR_VERSION = {17: 8, 23: 11}
 MS_DOMAIN = "com.microsoft"
 
 
 class GraphBuilder:
     """Accumulates nodes and initializers; ``op`` returns the output name so calls compose."""
 
-    def __init__(self, name: str, external: ExternalDataWriter | None = None) -> None:
+    def __init__(self, name: str, external: ExternalDataWriter | None = None, opset: int = OPSET) -> None:
+        if opset not in IR_VERSION:
+            raise ValueError(f"opset must be one of {sorted(IR_VERSION)}, got {opset}")
         self.name = name
+        self.opset = opset
         self.external = external  # big weights go straight to this data file (graphs past 2 GB)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -89,11 +95,11 @@ class GraphBuilder:
 
     def build(self, producer: str = "rerankrt") -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
-        opsets = [helper.make_opsetid("", OPSET)]
+        opsets = [helper.make_opsetid("", self.opset)]
         if self.uses_ms_domain:
             opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
         model = helper.make_model(graph, opset_imports=opsets, producer_name=producer)
-        model.ir_version = 8
+        model.ir_version = IR_VERSION[self.opset]
         if self.fp32_nodes:
             helper.set_model_props(model, {"rerankrt.fp32_nodes": ",".join(sorted(self.fp32_nodes))})
         return model

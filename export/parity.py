@@ -96,16 +96,18 @@ def device_checks(precision: str) -> tuple[tuple[str, ...], dict[str, str]]:
     return ("cpu",), {"cuda": f"{reason}: checked on the CPU EP only"}
 
 
-def planned_runs(precision: str, devices: tuple[str, ...] | None = None) -> list[tuple[str, str, dict, str]]:
+def planned_runs(precision: str, devices: tuple[str, ...] | None = None,
+                 cpu_backends: tuple[str, ...] | None = None) -> list[tuple[str, str, dict, str]]:
     """``(label, backend, options, device)`` of every scoring run the gate makes for ``precision`` on this machine.
 
     ``devices`` (default: :func:`device_checks`) — the CPU runs every installed CPU backend that may run the
-    precision; a GPU device runs onnxruntime, labelled ``onnxruntime@<device>``.
+    precision (or those of ``cpu_backends``: a graph only one backend loads); a GPU device runs onnxruntime,
+    labelled ``onnxruntime@<device>``.
     """
     devices = device_checks(precision)[0] if devices is None else devices
     runs: list[tuple[str, str, dict, str]] = []
     if "cpu" in devices:
-        backends = [b for b in CPU_BACKENDS[precision] if installed(b)]
+        backends = [b for b in CPU_BACKENDS[precision] if installed(b) and (cpu_backends is None or b in cpu_backends)]
         if not backends:
             raise ValueError(f"cannot verify {precision}: it needs {' or '.join(CPU_BACKENDS[precision])} installed "
                              f"(pip install 'rerankrt[openvino]')")
@@ -134,7 +136,8 @@ def check_run(graph_path: Path, precision: str, backend: str, options: dict, dev
 
 def check_precision(precision: str, graph_path: Path, token_ids: list[list[int]], pad_id: int,
                     reference: np.ndarray, groups: list[int], tolerance: Tolerance, num_labels: int = 1,
-                    threads: int | None = None, devices: tuple[str, ...] | None = None) -> dict:
+                    threads: int | None = None, devices: tuple[str, ...] | None = None,
+                    cpu_backends: tuple[str, ...] | None = None) -> dict:
     """Compare one precision on every installed backend that may run it, on every device it is checked on
     (``devices``, default :func:`device_checks`); all must pass.
 
@@ -145,7 +148,7 @@ def check_precision(precision: str, graph_path: Path, token_ids: list[list[int]]
     checked, skipped = device_checks(precision)
     devices = checked if devices is None else devices
     skipped = {d: why for d, why in skipped.items() if d not in devices}
-    runs = planned_runs(precision, devices)
+    runs = planned_runs(precision, devices, cpu_backends)
     optional = {OPENVINO_INT8_BF16} & {label for label, _, _, _ in runs}
     reports = {}
     for label, name, options, device in runs:
@@ -174,14 +177,15 @@ def check_precision(precision: str, graph_path: Path, token_ids: list[list[int]]
 
 
 def check_long_lengths(graph_path: Path, long: LongCheck, pad_id: int, reference: np.ndarray, score_range: float,
-                       tolerance: Tolerance, num_labels: int = 1, threads: int | None = None) -> dict:
+                       tolerance: Tolerance, num_labels: int = 1, threads: int | None = None,
+                       cpu_backends: tuple[str, ...] | None = None) -> dict:
     """fp32 at long lengths (issue 17: the banded sliding layers), on every CPU backend that runs fp32.
 
     ``reference`` holds the PyTorch scores of ``long.token_ids``; the bound is the fp32 tolerance times the
     score range of the main calibration set (four long pairs have no meaningful range of their own).
     """
     report: dict = {"lengths": long.lengths, "skipped": long.skipped, "by_backend": {}, "passed": True}
-    for label, name, options, device in planned_runs("fp32", ("cpu",)):
+    for label, name, options, device in planned_runs("fp32", ("cpu",), cpu_backends):
         logits, _ = score_graph(graph_path, "fp32", name, long.token_ids, pad_id, num_labels, threads, options,
                                 policy=LONG_POLICY, device=device)
         delta = float(np.abs(logits[:, 0].astype(np.float64) - reference).max()) if len(reference) else 0.0
@@ -209,11 +213,15 @@ def format_report(reports: dict[str, dict]) -> str:
                 lines.append(f"  {name:<15} {sub['max_rel_delta']:>10.2e} at {lengths} tokens  "
                              f"{'ok' if sub['passed'] else 'failed'}")
             lines += [f"  (not checked: {why})" for why in long["skipped"]]
+        for form, sub_report in r.get("forms", {}).items():  # the same precision in another graph form
+            lines += ["  " + line for line in format_report({f"{precision} {form}": sub_report}).splitlines()[1:]]
     return "\n".join(lines)
 
 
 def enforce(reports: dict[str, dict], allow_failure: bool = False) -> None:
     failed = [p for p, r in reports.items() if not r["passed"]]
+    failed += [f"{p} ({form} form)" for p, r in reports.items() for form, sub in r.get("forms", {}).items()
+               if not sub["passed"]]
     if failed and not allow_failure:
         raise ParityError(
             f"parity gate failed for {', '.join(failed)} (pass --allow-parity-failure to keep them anyway, "

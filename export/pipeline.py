@@ -17,19 +17,21 @@ from pathlib import Path
 
 from rerankrt.engine import memory
 from rerankrt.engine.artifact import PRECISIONS, graph_file_name
+from rerankrt.engine.backends import ATTENTION_OP_FORM, onnxruntime_reads_attention_op
 from rerankrt.engine.errors import UnsupportedModelError
 from rerankrt.engine.hardware import cpu_info
 from rerankrt.engine.selection import installed
 from rerankrt.engine.tokenize import PairTokenizer
 
 from . import artifact_writer, calibration, parity, tensorrt_rules
-from .graph import GLOBAL_QUERY_CHUNKS, LOCAL_ATTENTION_FORMS, build_graph
+from .graph import GLOBAL_QUERY_CHUNKS, LOCAL_ATTENTION_FORMS, build_graph, weights_go_external
 from .passes import PassContext, write_precision
 from .passes.matmuls import KEEP_FP32_LAYERS
 from .source import SourceModel, read_source
 
 EXPORT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 INT8_METHODS = ("static", "dynamic", "symmetric")
+ATTENTION_CHOICES = ("auto", "matmul")
 
 logger = logging.getLogger("rerankrt.export")
 
@@ -52,7 +54,8 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
            overwrite: bool = False, threads: int | None = None, int8_method: str = "static",
            gate_pairs: int | None = None, check_memory: bool = True, local_attention: str = "banded",
            global_query_chunks: int = GLOBAL_QUERY_CHUNKS, long_lengths: tuple[int, ...] = calibration.LONG_LENGTHS,
-           int8_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS, log: Callable[[str], None] | None = print) -> Path:
+           int8_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS, attention: str = "auto",
+           log: Callable[[str], None] | None = print) -> Path:
     """Export ``model`` (hub id or directory) to a verified artifact in ``output_dir``.
 
     Raises :class:`ParityError` (and writes nothing) when a precision misses its tolerance,
@@ -74,10 +77,14 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     layers are ~13% of the int8 graph's time, so quantizing them saves at most ~6% where int8 matmuls
     are 1.9× fp32 (AVX2) and ~9% where they are 3.3× (VNNI) — measured on a noisy machine at
     0.97–1.08× (emulated AVX2) and 1.12× (VNNI) the default (benchmarks/bench_int8_profile.py).
+    ``attention``: ``auto`` also writes the attention-op form of fp32 and int8 for onnxruntime on CPUs
+    (:func:`attention_op_precisions`); ``matmul`` writes the one (matmul) form only.
     """
     precisions = _check_request(precisions, int8_method)
     if local_attention not in LOCAL_ATTENTION_FORMS:
         raise ValueError(f"local_attention must be one of {LOCAL_ATTENTION_FORMS}, got {local_attention!r}")
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
     output_dir = Path(output_dir)
     artifact_writer.refuse_overwrite(output_dir, overwrite)
     say, started = _reporter(log), time.perf_counter()
@@ -123,6 +130,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
         if graph_form == "native-modernbert":
             form["local_attention"] = local_attention
             form["global_query_chunks"] = global_query_chunks
+            form["attention"] = "matmul"
         graphs = {"fp32": {"file": fp32_path.name, **form,
                            "tensorrt": tensorrt_rules.check_graph(fp32_path).report()}}
         context = PassContext(_encoder_layers(src), calibration.quantization_batches(tokenizer, size),
@@ -139,6 +147,22 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
                     "the symmetric int8 graph breaks TensorRT's ONNX rules: "
                     f"{tensorrt_rules.summarize(graphs[precision]['tensorrt'])}")
             _release_memory()
+        op_precisions, why_not = attention_op_precisions(attention, precisions, int8_method, graph_form,
+                                                         weights_go_external(src))
+        if op_precisions:
+            say(f"[4/6] writing the attention-op form of {', '.join(op_precisions)} (what onnxruntime loads on CPUs)")
+            op_fp32 = staging / form_file_name("fp32", ATTENTION_OP_FORM)
+            build_graph(src, op_fp32, local_attention=local_attention, global_query_chunks=global_query_chunks,
+                        attention=ATTENTION_OP_FORM)
+            for precision in op_precisions:
+                entry = ({"file": op_fp32.name} if precision == "fp32" else
+                         write_precision(precision, op_fp32, context, int8_method,
+                                         out_name=form_file_name(precision, ATTENTION_OP_FORM)))
+                graphs[precision]["forms"] = {ATTENTION_OP_FORM: {"file": entry["file"],
+                                                                  "runs_on": "onnxruntime (CPU)"}}
+                _release_memory()
+        elif why_not:
+            say(f"      no attention-op form: {why_not}")
 
         say(f"[5/6] parity: scoring the calibration pairs with {', '.join(precisions)}")
         gate_started = time.perf_counter()
@@ -155,6 +179,19 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
                 reports["fp32"]["passed"] = False
                 reports["fp32"].setdefault("failures", []).append(
                     f"long lengths {checked['lengths']}: max |Δ|/range over the fp32 tolerance")
+        for precision in op_precisions:  # the onnxruntime-only forms: checked on onnxruntime, long lengths too
+            path = staging / graphs[precision]["forms"][ATTENTION_OP_FORM]["file"]
+            checked_form = parity.check_precision(precision, path, calib.token_ids, tokenizer.pad_id, reference,
+                                                  calib.groups, tolerances[precision], src.num_labels, threads,
+                                                  devices=("cpu",), cpu_backends=("onnxruntime",))
+            if precision == "fp32" and long.token_ids:
+                checked_form["long_lengths"] = parity.check_long_lengths(
+                    path, long, tokenizer.pad_id, long_reference, reports["fp32"]["reference_range"],
+                    tolerances["fp32"], src.num_labels, threads, cpu_backends=("onnxruntime",))
+                if not checked_form["long_lengths"]["passed"]:
+                    checked_form["passed"] = False
+                    checked_form.setdefault("failures", []).append("long lengths: over the fp32 tolerance")
+            reports[precision].setdefault("forms", {})[ATTENTION_OP_FORM] = checked_form
         say(parity.format_report(reports))
         say(f"      the gate took {gate_s + time.perf_counter() - gate_started:,.0f} s")
         parity.enforce(reports, allow_parity_failure)
@@ -165,6 +202,31 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
                                        time.perf_counter() - started)
     say(f"wrote {output_dir} in {time.perf_counter() - started:.1f} s")
     return output_dir
+
+
+def form_file_name(precision: str, form: str) -> str:
+    return f"model.{precision}.{form}.onnx"
+
+
+def attention_op_precisions(attention: str, precisions: list[str], int8_method: str, graph_form: str,
+                            external: bool) -> tuple[list[str], str]:
+    """The precisions that also get an attention-op graph, and why none do when none do.
+
+    The main graphs stay in the matmul form every runtime reads (OpenVINO runs it faster, TensorRT reads only it,
+    the GPU paths were measured on it); onnxruntime on CPUs loads the attention-op form, 1.17-1.18x faster
+    (``engine/backends/__init__.py``). So: fp32 and the CPU int8 forms (static, dynamic; the symmetric one is
+    TensorRT's), for ModernBERT graphs whose weights are inline (a second copy of a graph past 1.5 GB — the
+    400m, 1b — is left out), when the onnxruntime here can run and so verify them.
+    """
+    if attention == "matmul":
+        return [], ""
+    if graph_form != "native-modernbert":
+        return [], "only rerankrt's ModernBERT graph has the form"
+    if external:
+        return [], "the weights are past 1.5 GB: one form only (matmul), not a second copy"
+    if not onnxruntime_reads_attention_op():
+        return [], "this onnxruntime is older than 1.24 and could not verify it"
+    return [p for p in precisions if p == "fp32" or (p == "int8" and int8_method != "symmetric")], ""
 
 
 def _check_request(precisions: tuple[str, ...] | list[str], int8_method: str) -> list[str]:

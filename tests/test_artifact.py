@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -61,23 +62,67 @@ def test_manifest_missing_a_field(copy):
         load_artifact(copy)
 
 
-def test_missing_graph_file(copy):
-    (copy / "model.int8.onnx").unlink()
+# (file, backend that reads it): onnxruntime on a CPU loads a precision's attention-op form, OpenVINO the main graph
+READERS = [("model.{p}.attention-op.onnx", "onnxruntime"), ("model.{p}.onnx", "openvino")]
+
+
+def _backend_or_skip(name: str) -> str:
+    if name == "openvino":
+        pytest.importorskip("openvino")
+    return name
+
+
+@pytest.mark.parametrize(("file", "backend"), READERS)
+def test_missing_graph_file(copy, file, backend):
+    (copy / file.format(p="int8")).unlink()
     with pytest.raises(ArtifactError, match="graph file missing"):
-        Reranker.from_pretrained(copy, precision="int8")
-    Reranker.from_pretrained(copy, precision="fp32")  # the others still load
+        Reranker.from_pretrained(copy, precision="int8", backend=_backend_or_skip(backend))
+    Reranker.from_pretrained(copy, precision="fp32", backend=backend)  # the others still load
 
 
-def test_corrupted_graph_file(copy):
-    path = copy / "model.fp32.onnx"
+@pytest.mark.parametrize(("file", "backend"), READERS)
+def test_corrupted_graph_file(copy, file, backend):
+    path = copy / file.format(p="fp32")
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip one byte inside the weights
     path.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256"):
-        Reranker.from_pretrained(copy, precision="fp32")
+        Reranker.from_pretrained(copy, precision="fp32", backend=_backend_or_skip(backend))
     path.write_bytes(bytes(data[: len(data) // 3]))
     with pytest.raises(ArtifactError, match="truncated"):
-        Reranker.from_pretrained(copy, precision="fp32")
+        Reranker.from_pretrained(copy, precision="fp32", backend=backend)
+
+
+def test_each_runtime_loads_the_form_it_runs_fastest(tiny_artifact, monkeypatch):
+    """onnxruntime on a CPU: the attention-op form where the precision has one (fp32, int8), else the main graph
+    (fp16), or where this onnxruntime cannot run opset 23; OpenVINO: the main graph. Both forms score alike."""
+    import numpy as np
+
+    from rerankrt.engine import backends
+
+    def loaded(precision: str, backend: str) -> Reranker:
+        return Reranker.from_pretrained(tiny_artifact, precision=precision, backend=backend)
+
+    pairs = [("river bridge", "The bridge crosses the river."), ("river bridge", "A cat sleeps."), ("q", "")]
+    form = {p: loaded(p, "onnxruntime") for p in ("fp32", "int8")}
+    assert {p: r.backend.describe()["file"] for p, r in form.items()} == \
+        {"fp32": "model.fp32.attention-op.onnx", "int8": "model.int8.attention-op.onnx"}
+    assert loaded("fp16", "onnxruntime").backend.describe()["file"] == "model.fp16.onnx"
+    monkeypatch.setattr(backends, "onnxruntime_reads_attention_op", lambda: False)  # an onnxruntime before 1.24
+    main = loaded("fp32", "onnxruntime")
+    assert main.backend.describe()["file"] == "model.fp32.onnx"
+    np.testing.assert_allclose(form["fp32"].predict(pairs), main.predict(pairs), rtol=0, atol=1e-5)
+    if importlib.util.find_spec("openvino"):
+        monkeypatch.undo()
+        assert loaded("int8", "openvino").backend.describe()["file"] == "model.int8.onnx"
+
+
+def test_malformed_forms_in_the_manifest_are_refused(copy):
+    graphs = json.loads((copy / "manifest.json").read_text())["graphs"]
+    graphs["int8"]["forms"] = {"attention-op": {"file": "../elsewhere.onnx"}}
+    _edit_manifest(copy, graphs=graphs)
+    with pytest.raises(ArtifactError, match="malformed forms"):
+        load_artifact(copy)
 
 
 def test_garbage_graph_is_refused_by_onnxruntime(copy):

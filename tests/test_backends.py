@@ -91,3 +91,25 @@ def test_every_backend_honours_the_contract(tiny_artifact, name, precision):
     with pytest.raises(TypeError):
         create_backend(tiny_artifact / f"model.{precision}.onnx", precision=precision, backend=name,
                        options={"no_such_option": 1})
+
+
+@pytest.mark.parametrize(("opset", "hinted"), [(17, False), (23, True)])
+def test_a_graph_a_runtime_cannot_read_gets_the_fix_named(tmp_path, opset, hinted):
+    """When a load fails, an opset-23 graph (the attention-op form) is named as the likely cause, with the
+    runtime versions that read it and the re-export that avoids it; an opset-17 graph gets no such hint."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from rerankrt.engine.backends.base import load_failure_hint
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+    hint = load_failure_hint(path, "openvino", "2026.2.1")
+    if hinted:
+        assert "openvino >= 2026.3" in hint and "2026.2.1" in hint and "--attention matmul" in hint
+    else:
+        assert hint == ""
+    assert load_failure_hint(tmp_path / "missing.onnx", "onnxruntime", "1.23.2") == ""  # best effort, never raises

@@ -1,5 +1,8 @@
 """Banded sliding-window attention (issue 17): the blocked form is the reference's maths at every length.
 
+Every check runs in both ways the graph writes attention (``matmul``: opset-17 ops; ``attention-op``:
+opset 23's Attention and RotaryEmbedding, issue 16), each against the matmul form's n×n graph.
+
 Two independent checks: against sentence-transformers (PyTorch, transformers' own ModernBERT with its
 sliding-window mask) on the distilled 17m at ~512, 2k, 4k and 7,999 tokens, padded together in one
 batch and one pair per batch; and against the full n×n form of the same graph builder on lengths
@@ -54,10 +57,15 @@ ONE_BLOCK = [1, 2, 63, 64, 65, 127, 128, 129, 191, 192, 193, 256]
 BLOCKS = [1, 64, 65, 129, 257, 319, 320, 321, 383, 384, 385, 600]
 
 
+ATTENTION_FORMS = ["matmul", "attention-op"]
+
+
+@pytest.mark.parametrize("attention", ATTENTION_FORMS)
 @pytest.mark.parametrize("lengths", [ONE_BLOCK, BLOCKS], ids=["one-block", "blocks"])
 @pytest.mark.parametrize("runtime", [_ort, _openvino], ids=["onnxruntime", "openvino"])
-def test_banded_equals_full_around_block_edges(tiny_model, runtime, lengths):
-    """Same scores as the n×n form for lengths on and beside every block boundary, padded together."""
+def test_banded_equals_full_around_block_edges(tiny_model, runtime, lengths, attention):
+    """Same scores as the matmul form's n×n graph for lengths on and beside every block boundary, padded
+    together, with the band (and, in the attention-op form, the n×n form too) written either way."""
     from rerankrt.export.graph import ONE_BLOCK_UP_TO, build_modernbert_graph
     from rerankrt.export.source import read_source
 
@@ -65,10 +73,13 @@ def test_banded_equals_full_around_block_edges(tiny_model, runtime, lengths):
     assert src.config.get("local_attention", 128) == 128 and ONE_BLOCK_UP_TO == 256  # what the lists straddle
     ids, mask = _padded(lengths)
     full = runtime(build_modernbert_graph(src, local_attention="full").SerializeToString())
-    banded = runtime(build_modernbert_graph(src, local_attention="banded").SerializeToString())
+    banded = runtime(build_modernbert_graph(src, local_attention="banded", attention=attention).SerializeToString())
     expected = full(ids, mask)
     assert np.ptp(expected) > 0
     np.testing.assert_allclose(banded(ids, mask), expected, rtol=0, atol=2e-5)
+    if attention != "matmul":
+        full_op = runtime(build_modernbert_graph(src, local_attention="full", attention=attention).SerializeToString())
+        np.testing.assert_allclose(full_op(ids, mask), expected, rtol=0, atol=2e-5)
     for row, n in enumerate(lengths[:4]):  # alone, unpadded: the rounding padding is the only padding
         np.testing.assert_allclose(banded(ids[row:row + 1, :n], mask[row:row + 1, :n]), expected[row:row + 1],
                                    rtol=0, atol=2e-5)
@@ -105,11 +116,13 @@ def test_banded_graph_has_no_n_by_n_tensor_in_sliding_layers(tiny_model):
 AROUND_THRESHOLD = [1, 2, 16, 17, 39, 40, 41, 47, 48, 49, 100, 257]
 
 
-@pytest.mark.parametrize("chunks", [2, 3, 16])
+@pytest.mark.parametrize(("attention", "chunks"), [("matmul", 2), ("matmul", 3), ("matmul", 16), ("attention-op", 1),
+                                                  ("attention-op", 2), ("attention-op", 3), ("attention-op", 16)])
 @pytest.mark.parametrize("runtime", [_ort, _openvino], ids=["onnxruntime", "openvino"])
-def test_chunked_global_queries_equal_all_at_once(tiny_model, monkeypatch, runtime, chunks):
-    """Global layers past the threshold score their queries chunk by chunk: the same scores as all rows at
-    once, for lengths on and beside the threshold and the chunk edges, padded together and alone."""
+def test_chunked_global_queries_equal_all_at_once(tiny_model, monkeypatch, runtime, chunks, attention):
+    """Global layers past the threshold score their queries chunk by chunk: the same scores as the matmul
+    form with all rows at once, for lengths on and beside the threshold and the chunk edges, padded together
+    and alone (the attention-op form pads its unchunked pieces to one row: Attention refuses zero rows)."""
     from rerankrt.export import graph
     from rerankrt.export.source import read_source
 
@@ -117,7 +130,8 @@ def test_chunked_global_queries_equal_all_at_once(tiny_model, monkeypatch, runti
     src = read_source(str(tiny_model))
     ids, mask = _padded(AROUND_THRESHOLD, seed=3)
     whole = runtime(graph.build_modernbert_graph(src, global_query_chunks=1).SerializeToString())
-    chunked = runtime(graph.build_modernbert_graph(src, global_query_chunks=chunks).SerializeToString())
+    chunked = runtime(graph.build_modernbert_graph(src, global_query_chunks=chunks,
+                                                   attention=attention).SerializeToString())
     expected = whole(ids, mask)
     assert np.ptp(expected) > 0
     np.testing.assert_allclose(chunked(ids, mask), expected, rtol=0, atol=2e-5)
@@ -152,6 +166,38 @@ def test_global_layers_hold_a_chunk_of_scores_at_a_time(tiny_model, monkeypatch)
         assert shapes == [(2, spec.heads, r, width) for r in rows]
 
 
+def test_attention_op_form_is_fused_ops_without_head_transposes(tiny_model):
+    """What the attention-op form is: opset 23 / IR 11, one Attention per layer (plus the global layers'
+    query chunks) and RotaryEmbedding for q and k, no Softmax and no Transpose anywhere; the band's bias is
+    one [B·blocks, 1, 64, 192] tensor past 256 tokens ([B, 1, S, S] up to it), shared by every head."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    from rerankrt.export import graph
+    from rerankrt.export.source import read_source
+
+    src = read_source(str(tiny_model))
+    spec = graph.ModernBertSpec(src.config)
+    model = graph.build_modernbert_graph(src, attention="attention-op", global_query_chunks=4)
+    assert model.ir_version == 11 and {o.domain: o.version for o in model.opset_import}[""] == 23
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["Softmax"] == ops["Transpose"] == 0
+    last = spec.layers - 1  # the CLS-only last layer: one Attention, RoPE on k only
+    global_rows = [i for i, kind in enumerate(spec.layer_types) if kind == "full_attention" and i < last]
+    sliding_rows = [i for i, kind in enumerate(spec.layer_types) if kind == "sliding_attention" and i < last]
+    assert ops["Attention"] == 4 * len(global_rows) + len(sliding_rows) + 1
+    assert ops["RotaryEmbedding"] == 2 * (spec.layers - 1) + 1
+    bias = next(out for n in model.graph.node for out in n.output if out.startswith("band_bias"))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(bias, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    half = spec.window_half
+    for width, expected in ((600, (2 * -(-600 // half), 1, half, 3 * half)), (200, (2, 1, 200, 200))):
+        ids, mask = _padded([width, width // 2])
+        assert session.run([bias], {"input_ids": ids, "attention_mask": mask})[0].shape == expected
+
+
 def _long_pairs(tokenizer) -> list[tuple[str, str]]:
     """One query, documents of about 512, 2k, 4k and ≥ 7,999 tokens made of scifact abstracts."""
     if not SCIFACT.is_file():
@@ -182,12 +228,19 @@ def long_reference(distilled_artifact):
     return pairs, np.asarray(model.predict(pairs, batch_size=len(pairs)), dtype=np.float32)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_banded_graph_matches_sentence_transformers_on_long_documents(distilled_artifact, long_reference, backend):
+@pytest.mark.parametrize(("backend", "attention"), [("onnxruntime", "attention-op"), ("onnxruntime", "matmul"),
+                                                  ("openvino", "matmul")])
+def test_banded_graph_matches_sentence_transformers_on_long_documents(distilled_artifact, long_reference, monkeypatch,
+                                                                     backend, attention):
+    """Each graph a runtime loads: onnxruntime on a CPU the attention-op form (and, where it cannot, the main
+    matmul graph), OpenVINO the matmul graph."""
     from rerankrt.engine import Reranker
+    from rerankrt.engine import backends as backends_module
 
     if backend == "openvino":
         pytest.importorskip("openvino")
+    if attention == "matmul":  # an onnxruntime older than 1.24 loads the main graph
+        monkeypatch.setattr(backends_module, "onnxruntime_reads_attention_op", lambda: False)
     pairs, reference = long_reference
     manifest = json.loads((distilled_artifact / "manifest.json").read_text())
     assert manifest["graphs"]["fp32"]["local_attention"] == "banded"
@@ -195,6 +248,9 @@ def test_banded_graph_matches_sentence_transformers_on_long_documents(distilled_
     ids = reranker.encode(pairs).token_ids
     lengths = [len(t) for t in ids]  # documents grow an abstract (~300 tokens) at a time
     assert lengths[-1] == 7999 and all(t <= n < t + 600 for t, n in zip(LONG_TARGETS[:3], lengths[:3], strict=True))
+    expected_file = manifest["graphs"]["fp32"]["file"] if attention == "matmul" else \
+        manifest["graphs"]["fp32"]["forms"]["attention-op"]["file"]
+    assert reranker.backend.describe()["file"] == expected_file
     one_per_batch = reranker.predict(pairs)  # the token budget puts each long pair in its own batch
     tolerance = 1e-4 * max(np.ptp(reference), 1.0)
     np.testing.assert_allclose(one_per_batch, reference, rtol=0, atol=tolerance)
@@ -247,3 +303,21 @@ def test_the_long_check_takes_the_lengths_asked_for(tiny_artifact):
     tokenizer = PairTokenizer.for_artifact(load_artifact(tiny_artifact))
     assert [len(t) for t in calibration.long_check(tokenizer, 1e6, 4, (300,)).token_ids] == [300]
     assert not calibration.long_check(tokenizer, 1e6, 4, ()).token_ids
+
+
+def test_the_gate_checks_the_attention_op_forms_on_onnxruntime(distilled_artifact):
+    """An export writes fp32 and int8 also in the attention-op form (fp16, for GPUs, only in the main one), and
+    the gate verified each against PyTorch on onnxruntime, the runtime that loads them — fp32 at 512 … 7,999
+    tokens too (chunked global queries, banded sliding layers)."""
+    manifest = json.loads((distilled_artifact / "manifest.json").read_text())
+    graphs, results = manifest["graphs"], manifest["parity"]["results"]
+    assert {p for p, g in graphs.items() if "forms" in g} == {"fp32", "int8"}
+    assert all(g["attention"] == "matmul" for g in graphs.values())
+    for precision in ("fp32", "int8"):
+        form = graphs[precision]["forms"]["attention-op"]
+        assert form["file"] == f"model.{precision}.attention-op.onnx" and len(form["sha256"]) == 64
+        report = results[precision]["forms"]["attention-op"]
+        assert report["passed"] and report["backend"] == "onnxruntime" and "by_backend" not in report
+    long = results["fp32"]["forms"]["attention-op"]["long_lengths"]
+    assert long["lengths"] == list(LONG_TARGETS) and long["passed"] and set(long["by_backend"]) == {"onnxruntime"}
+    assert results["fp32"]["forms"]["attention-op"]["max_rel_delta"] < 1e-5  # the reference's maths, to rounding

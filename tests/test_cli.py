@@ -30,6 +30,8 @@ def test_export_info_predict_rank(tmp_path, tiny_model):
     assert info.returncode == 0 and "int8" in info.stdout and "features" in info.stdout
     # what auto loads here: int8 leads wherever it passed its gate (the gate's tolerance above is loose)
     assert "auto here    int8 on " in info.stdout
+    assert "attention matmul, sliding layers banded" in info.stdout  # the main graphs: every runtime reads them
+    assert "+ model.int8.attention-op.onnx" in info.stdout and "for onnxruntime (CPU)" in info.stdout
     manifest = json.loads(_cli("info", out, "--json").stdout)["manifest"]
     assert manifest["tokenizer"]["max_length"] == 256
 
@@ -72,3 +74,16 @@ def test_int8_fp32_layers_refuses_what_is_not_a_layer_list(value, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["export", "model", "-o", "out", "--int8-fp32-layers", value])
     assert exc.value.code == 2 and "--int8-fp32-layers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["auto", "matmul"])
+def test_attention_form_reaches_the_export(value, monkeypatch, tmp_path):
+    """``rerankrt export --attention FORM`` hands FORM to ``export()`` (default auto)."""
+    from rerankrt.engine import cli
+    from rerankrt.export import pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "export", lambda *args, **kwargs: seen.update(kwargs))
+    assert cli.main(["export", "model", "-o", str(tmp_path / "out"), "--attention", value]) == 0
+    assert seen["attention"] == value
+    assert cli.build_parser().parse_args(["export", "model", "-o", "out"]).attention == "auto"

@@ -198,3 +198,34 @@ def test_int8_fp32_layers_chooses_which_layers_stay_fp32(tmp_path, tiny_model, t
     assert _int8_weight_layers(out / every["file"]) == set(range(layers))
     assert _int8_weight_layers(tiny_artifact / default["file"]) == set(range(1, layers - 1))
     assert every["quantized_matmuls"] > default["quantized_matmuls"]
+
+
+@pytest.mark.parametrize(("attention", "precisions", "method", "external", "expected"), [
+    ("auto", ["fp32"], "static", False, ["fp32"]),
+    ("auto", ["fp32", "fp16", "int8"], "static", False, ["fp32", "int8"]),
+    ("auto", ["fp32", "int8"], "dynamic", False, ["fp32", "int8"]),
+    ("auto", ["fp32", "bf16", "int8"], "symmetric", False, ["fp32"]),  # symmetric int8 is TensorRT's form
+    ("auto", ["fp32", "int8"], "static", True, []),  # weights past 1.5 GB: no second copy
+    ("matmul", ["fp32", "int8"], "static", False, [])])
+def test_which_precisions_get_the_attention_op_form(attention, precisions, method, external, expected):
+    """fp32 and the CPU int8 forms get the onnxruntime form beside the main graphs; TensorRT's int8, fp16 and
+    bf16 (GPU, OpenVINO) do not, nor big models, nor anything when asked for the matmul form only."""
+    from rerankrt.export.pipeline import attention_op_precisions
+
+    got, why = attention_op_precisions(attention, precisions, method, "native-modernbert", external)
+    assert got == expected and (bool(why) == (external and attention == "auto"))
+    assert attention_op_precisions(attention, precisions, method, "torch-onnx", external)[0] == []
+
+
+def test_an_onnxruntime_that_cannot_run_the_form_does_not_get_it_written(monkeypatch):
+    from rerankrt.export import pipeline
+
+    monkeypatch.setattr(pipeline, "onnxruntime_reads_attention_op", lambda: False)
+    got, why = pipeline.attention_op_precisions("auto", ["fp32", "int8"], "static", "native-modernbert", False)
+    assert got == [] and "1.24" in why
+
+
+def test_unknown_attention_choice_is_refused_up_front(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="attention must be one of"):
+        export(str(tiny_model), tmp_path / "out", attention="flash", log=None)
+    assert not (tmp_path / "out").exists()

@@ -45,13 +45,15 @@ def test_cpuid_corrects_what_proc_cpuinfo_says():
     assert info.summary()["int8_class"] == info.int8_class
 
 
-def test_int8_weights_fit_the_saturating_u8s8_kernels(ettin17m_artifact):
+@pytest.mark.parametrize("form", [None, "attention-op"])
+def test_int8_weights_fit_the_saturating_u8s8_kernels(ettin17m_artifact, form):
     """Every quantized weight |w| ≤ 64: a u8×s8 pair sum then stays within int16 (2·255·64 = 32,640 ≤ 32,767),
-    so CPUs without VNNI (vpmaddubsw) compute exactly what VNNI CPUs compute."""
+    so CPUs without VNNI (vpmaddubsw) compute exactly what VNNI CPUs compute — in both graph forms."""
     import onnx
     from onnx import numpy_helper
 
-    graph = load_artifact(ettin17m_artifact).graph("int8")
+    graph = load_artifact(ettin17m_artifact).graph("int8", form=form)
+    assert graph.path.name == ("model.int8.onnx" if form is None else "model.int8.attention-op.onnx")
     model = onnx.load(str(graph.path))
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     dq_inputs = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]

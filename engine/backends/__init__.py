@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from ..int8_check import Int8Check
     from ..tuning import Decision
 
-__all__ = ["Backend", "BackendBase", "ConfigBuilder", "Created", "available_backends", "backend_class", "batch_policy",
-           "create_backend"]
+__all__ = ["ATTENTION_OP_FORM", "Backend", "BackendBase", "ConfigBuilder", "Created", "available_backends",
+           "backend_class", "batch_policy", "create_backend", "graph_form_for", "onnxruntime_reads_attention_op"]
 
 log = logging.getLogger("rerankrt")
 
@@ -34,6 +34,15 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "onnxruntime": ("rerankrt.engine.backends.ort", "OrtBackend"),
     "openvino": ("rerankrt.engine.backends.openvino", "OpenVinoBackend"),
 }
+# A precision's graph may come in a second form (``graphs.<precision>.forms`` in the manifest): "attention-op",
+# attention written as ONNX opset 23's Attention and RotaryEmbedding (export/graph.py, ATTENTION_FORMS). onnxruntime
+# runs it faster on CPUs — 1.17-1.18x the matmul form in fp32 and int8, natively (VNNI) and as an AVX2-only CPU
+# (benchmarks/results/attention-forms-*) — while OpenVINO runs it slower (0.85-0.90x: its frontend decomposes
+# Attention into layout ops its attention fusion misses) and the GPU/TensorRT paths were measured on the matmul
+# form. So onnxruntime on a CPU loads the attention-op form where the artifact has one; everything else the
+# main graph. onnxruntime reads opset 23's QuantizeLinear from 1.24 (fp32 from 1.23): older ones keep the main graph.
+ATTENTION_OP_FORM = "attention-op"
+ORT_READS_ATTENTION_OP = (1, 24)
 CPU_TOKEN_BUDGET = 2048  # small batches win on CPU (cache-resident activations)
 GPU_TOKEN_BUDGET = 16384
 # Batch widths on a GPU (``OrtBackend`` on CUDA declares them): a few fixed shapes, so that TensorRT builds
@@ -112,7 +121,8 @@ class ConfigBuilder:
             opts.setdefault("cache_dir", False)  # a blob per candidate (GBs for the big sizes) is never read
         if config.inference_precision is not None:
             opts.setdefault("inference_precision", config.inference_precision)
-        graph = self.artifact.graph(config.precision, verify=self.verify)
+        graph = self.artifact.graph(config.precision, verify=self.verify,
+                                    form=graph_form_for(config.backend, self.device))
         if self.device == "cpu":  # refused with a clear error, not killed by the kernel halfway through loading
             memory.check_load(graph.path,
                               [self.artifact.directory / d["file"] for d in graph.info.get("data_files", [])])
@@ -134,6 +144,23 @@ class ConfigBuilder:
                 raise BackendUnavailableError(verdict.describe())
             created.int8_check = verdict
         return created
+
+
+def onnxruntime_reads_attention_op() -> bool:
+    """Whether the installed onnxruntime runs the attention-op graphs (fp32 and int8)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    numbers = [int(part) for part in ort.__version__.split(".")[:2] if part.isdigit()]
+    return tuple(numbers) >= ORT_READS_ATTENTION_OP
+
+
+def graph_form_for(backend: str, device: str) -> str | None:
+    """The graph form ``backend`` on ``device`` loads when the artifact has it (None: the main graph)."""
+    if backend == "onnxruntime" and device == "cpu" and onnxruntime_reads_attention_op():
+        return ATTENTION_OP_FORM
+    return None
 
 
 def create_backend(source: Artifact | Path, precision: str = "auto", backend: str = "auto", device: str = "cpu",

@@ -66,3 +66,28 @@ class BackendBase:
                 "inference_precision": self.inference_precision, "pad_multiple": self.pad_multiple,
                 "width_buckets": list(self.width_buckets), "overlaps_batches": self.overlaps_batches,
                 "file": self.model_path.name if self.model_path is not None else None}
+
+
+# What reading opset 23's Attention / RotaryEmbedding (export form "attention-op") takes of each runtime.
+OPSET_23_NEEDS = {"onnxruntime": "onnxruntime >= 1.24", "openvino": "openvino >= 2026.3"}
+
+
+def load_failure_hint(model_path: Path, runtime: str, version: str) -> str:
+    """Why a graph may not load here, when its opset says so: appended to the load error.
+
+    An attention-op artifact (ONNX opset 23) fails on older runtimes with "could not find an
+    implementation" / "does not support the following ONNX operations"; the hint names the fix
+    instead of leaving the user with the runtime's message alone. Empty when the opset is not the cause.
+    """
+    try:
+        import onnx
+
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the hint is best effort; the load error itself is reported anyway
+        return ""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 23:
+        return ""
+    return (f" — this graph is ONNX opset {opset} (Attention, RotaryEmbedding: the export's attention-op form), "
+            f"which needs {OPSET_23_NEEDS.get(runtime, runtime)} (installed: {version}); upgrade it, or re-export "
+            "the model with --attention matmul")

@@ -49,7 +49,7 @@ import openvino as ov
 from ..cache import cache_root
 from ..errors import ArtifactError, BackendUnavailableError
 from ..hardware import cpu_info, physical_cores
-from .base import BackendBase
+from .base import BackendBase, load_failure_hint
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "fp16": "f32"}
 _INFERENCE_PRECISIONS = ("f32", "bf16")
@@ -99,7 +99,8 @@ class OpenVinoBackend(BackendBase):
         try:
             self.compiled = core.compile_model(str(model_path), "CPU", config)
         except Exception as exc:  # noqa: BLE001 - name the file
-            raise ArtifactError(f"openvino cannot compile {model_path}: {str(exc).splitlines()[0]}",
+            raise ArtifactError(f"openvino cannot compile {model_path}: {_gist(str(exc))}"
+                                + load_failure_hint(model_path, "openvino", ov.__version__),
                                 str(model_path)) from exc
         names = {name for port in self.compiled.inputs for name in port.get_names()}
         if not {"input_ids", "attention_mask"} <= names:
@@ -167,3 +168,11 @@ class OpenVinoBackend(BackendBase):
         result = self._request().infer({"input_ids": input_ids, "attention_mask": attention_mask})
         out = next(iter(result.values()))
         return np.array(out, dtype=np.float32).reshape(len(input_ids), -1)
+
+
+def _gist(message: str) -> str:
+    """The informative line of an OpenVINO error: its first lines are only where it was raised
+    ("Exception from src/inference/...", "Check 'false' failed at ...")."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [message])[0]

@@ -44,7 +44,7 @@ from ..batching import BatchPolicy
 from ..cache import cache_root
 from ..errors import ArtifactError, BackendUnavailableError
 from ..hardware import physical_cores
-from .base import BackendBase
+from .base import BackendBase, load_failure_hint
 from .ort_providers import CUDA, TENSORRT, device_id, provider_plan, trt_cache_dir
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -205,7 +205,8 @@ class OrtBackend(BackendBase):
                     f"onnxruntime refused cuda_graph for {model_path.name}: graph capture needs every node on the "
                     "CUDA EP, and onnxruntime keeps this graph's shape computations on the CPU; use io_binding "
                     "without cuda_graph") from exc
-            raise ArtifactError(f"onnxruntime cannot load {model_path}: {str(exc).splitlines()[0]}",
+            raise ArtifactError(f"onnxruntime cannot load {model_path}: {str(exc).splitlines()[0]}"
+                                + load_failure_hint(model_path, "onnxruntime", ort.__version__),
                                 str(model_path)) from exc
         asked_gpu = [p for p in self.providers if p in (TENSORRT, CUDA)]
         if asked_gpu and not set(self.session.get_providers()) & {TENSORRT, CUDA}:

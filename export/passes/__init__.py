@@ -54,14 +54,16 @@ def recipe_name(precision: str, int8_method: str = "static") -> str:
     return f"int8-{int8_method}" if precision == "int8" else precision
 
 
-def write_precision(precision: str, fp32_path: Path, context: PassContext, int8_method: str = "static") -> dict:
-    """Write the graph of one precision next to the fp32 one; returns its manifest entry."""
+def write_precision(precision: str, fp32_path: Path, context: PassContext, int8_method: str = "static",
+                    out_name: str | None = None) -> dict:
+    """Write the graph of one precision next to the fp32 one (as ``out_name``, default ``model.<precision>.onnx``);
+    returns its manifest entry."""
     if precision in SHARED_FP32:
         return {"file": fp32_path.name, **SHARED_FP32[precision]}
     recipe = RECIPES.get(recipe_name(precision, int8_method))
     if recipe is None:
         raise ValueError(f"unknown precision {precision!r}")
-    out_path = fp32_path.parent / graph_file_name(precision)
+    out_path = fp32_path.parent / (out_name or graph_file_name(precision))
     graph, reports = fp32_path, []
     for step in recipe.passes:
         graph, report = step.apply(graph, out_path, context)
