@@ -108,9 +108,9 @@ class Artifact:
                 f"artifact {self.directory} has no {precision!r} graph; available: {sorted(graphs)}",
                 str(self.directory))
         info = graphs[precision]
-        if form is not None and form in info.get("forms", {}):
-            info = {**{k: v for k, v in info.items() if k not in ("forms", "data_files")}, **info["forms"][form],
-                    "attention": form}
+        if form is not None and form in info.get("forms", {}):  # the form's own file, size and hash only
+            kept = {k: v for k, v in info.items() if k not in ("forms", "data_files", "file", "sha256", "size_bytes")}
+            info = {**kept, **info["forms"][form], "attention": form}
         path = self.directory / info["file"]
         size = _check_file(path, info, "graph file", "", verify)
         for data in info.get("data_files", []):  # the weights of a graph past 2 GB, beside it
@@ -166,11 +166,13 @@ def validate_manifest(manifest: Any, path: Path) -> dict:
             raise ArtifactError(f"{path} graph entry {precision!r} has malformed data_files (a list of "
                                 "{file, size_bytes, sha256} in the artifact directory)", str(path))
         forms = info.get("forms", {})
-        if not isinstance(forms, dict) or not all(isinstance(f, dict) and isinstance(f.get("file"), str)
-                                                  and "/" not in f["file"] and "\\" not in f["file"]
-                                                  for f in forms.values()):
+        if not isinstance(forms, dict) or not all(
+                isinstance(f, dict) and isinstance(f.get("file"), str) and "/" not in f["file"]
+                and "\\" not in f["file"] and isinstance(f.get("sha256"), str)
+                and isinstance(f.get("size_bytes"), int) and "data_files" not in f for f in forms.values()):
             raise ArtifactError(f"{path} graph entry {precision!r} has malformed forms (form name → "
-                                "{file, size_bytes, sha256} in the artifact directory)", str(path))
+                                "{file, size_bytes, sha256}, a file in the artifact directory, no data_files)",
+                                str(path))
     if manifest["activation"] not in ("identity", "sigmoid"):
         raise ArtifactError(f"{path} has unknown activation {manifest['activation']!r}", str(path))
     return manifest

@@ -133,7 +133,9 @@ def check_int8(artifact: Artifact, backend, policy: BatchPolicy, threads: int | 
         return Int8Check("skipped", gated, here)
     from .backends import backend_class, graph_form_for  # the reference runs on onnxruntime in strict fp32
 
-    graph = artifact.graph("int8", verify=False, form=graph_form_for(backend.name, backend.device))  # what it runs
+    running = Path(getattr(backend, "model_path", "") or "").name  # the file the backend runs: main graph or a form
+    forms = artifact.manifest["graphs"]["int8"].get("forms", {})
+    graph = artifact.graph("int8", verify=False, form=next((f for f, e in forms.items() if e["file"] == running), None))
     key = "|".join([f"v{CHECK_VERSION}", graph.sha256 or str(graph.path), backend.name,
                     str(getattr(backend, "inference_precision", "") or ""), here])
     cache = _cache_file()

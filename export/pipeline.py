@@ -193,6 +193,8 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
                     checked_form.setdefault("failures", []).append("long lengths: over the fp32 tolerance")
             reports[precision].setdefault("forms", {})[ATTENTION_OP_FORM] = checked_form
         say(parity.format_report(reports))
+        for line in drop_failed_forms(graphs, reports, staging):
+            say(f"      {line}")
         say(f"      the gate took {gate_s + time.perf_counter() - gate_started:,.0f} s")
         parity.enforce(reports, allow_parity_failure)
 
@@ -202,6 +204,27 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
                                        time.perf_counter() - started)
     say(f"wrote {output_dir} in {time.perf_counter() - started:.1f} s")
     return output_dir
+
+
+def drop_failed_forms(graphs: dict, reports: dict, staging: Path) -> list[str]:
+    """Remove every extra graph form that failed its gate (file and manifest entry); what was dropped, as lines.
+
+    A form is an optional faster copy of a precision for one runtime: one that misses its tolerance must not be
+    loaded (not even with ``--allow-parity-failure``, which keeps failing *precisions*), and must not fail an
+    export whose main graphs passed — that runtime then loads the main graph. Its report stays, marked dropped.
+    """
+    dropped = []
+    for precision, report in reports.items():
+        for form, checked in report.get("forms", {}).items():
+            if checked["passed"] or form not in graphs[precision].get("forms", {}):
+                continue
+            (staging / graphs[precision]["forms"].pop(form)["file"]).unlink(missing_ok=True)
+            if not graphs[precision]["forms"]:
+                del graphs[precision]["forms"]
+            checked["dropped"] = True
+            dropped.append(f"{precision} {form} form dropped (failed its gate: {'; '.join(checked['failures'])}); "
+                           "onnxruntime loads the main graph")
+    return dropped
 
 
 def form_file_name(precision: str, form: str) -> str:
@@ -226,6 +249,10 @@ def attention_op_precisions(attention: str, precisions: list[str], int8_method: 
         return [], "the weights are past 1.5 GB: one form only (matmul), not a second copy"
     if not onnxruntime_reads_attention_op():
         return [], "this onnxruntime is older than 1.24 and could not verify it"
+    import onnx
+
+    if onnx.defs.onnx_opset_version() < 23:
+        return [], f"this onnx ({onnx.__version__}) predates opset 23"
     return [p for p in precisions if p == "fp32" or (p == "int8" and int8_method != "symmetric")], ""
 
 

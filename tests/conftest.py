@@ -160,3 +160,24 @@ EDGE_PAIRS = [
     ("RTL", "مرحبا بالعالم — שלום עולם"),
     ("control\x00chars", "zero\u200bwidth\u00a0nbsp"),
 ]
+
+
+def _openvino_reads_opset23() -> bool:
+    try:
+        import openvino
+    except ImportError:
+        return False
+    numbers = [int(part) for part in openvino.__version__.split("-")[0].split(".")[:2] if part.isdigit()]
+    return tuple(numbers) >= (2026, 3)
+
+
+def _onnxruntime_reads_attention_op() -> bool:
+    from rerankrt.engine.backends import onnxruntime_reads_attention_op
+
+    return onnxruntime_reads_attention_op()
+
+
+# the attention-op graph form (ONNX opset 23): onnxruntime >= 1.24 writes/loads it; OpenVINO reads it from 2026.3
+requires_attention_op = pytest.mark.skipif(not _onnxruntime_reads_attention_op(),
+                                           reason="onnxruntime < 1.24 neither writes nor loads the attention-op form")
+OPENVINO_READS_OPSET23 = _openvino_reads_opset23()

@@ -10,6 +10,9 @@ import pytest
 
 from rerankrt.engine import ArtifactError, BackendUnavailableError, ModelDownloadError, Reranker
 from rerankrt.engine.artifact import SCHEMA_VERSION, load_artifact
+from rerankrt.engine.backends import onnxruntime_reads_attention_op
+
+from conftest import requires_attention_op
 
 
 @pytest.fixture()
@@ -69,11 +72,14 @@ READERS = [("model.{p}.attention-op.onnx", "onnxruntime"), ("model.{p}.onnx", "o
 def _backend_or_skip(name: str) -> str:
     if name == "openvino":
         pytest.importorskip("openvino")
+    elif not onnxruntime_reads_attention_op():
+        pytest.skip("this onnxruntime predates the attention-op form")
     return name
 
 
 @pytest.mark.parametrize(("file", "backend"), READERS)
 def test_missing_graph_file(copy, file, backend):
+    backend = _backend_or_skip(backend)
     (copy / file.format(p="int8")).unlink()
     with pytest.raises(ArtifactError, match="graph file missing"):
         Reranker.from_pretrained(copy, precision="int8", backend=_backend_or_skip(backend))
@@ -82,6 +88,7 @@ def test_missing_graph_file(copy, file, backend):
 
 @pytest.mark.parametrize(("file", "backend"), READERS)
 def test_corrupted_graph_file(copy, file, backend):
+    backend = _backend_or_skip(backend)
     path = copy / file.format(p="fp32")
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # flip one byte inside the weights
@@ -93,6 +100,7 @@ def test_corrupted_graph_file(copy, file, backend):
         Reranker.from_pretrained(copy, precision="fp32", backend=backend)
 
 
+@requires_attention_op
 def test_each_runtime_loads_the_form_it_runs_fastest(tiny_artifact, monkeypatch):
     """onnxruntime on a CPU: the attention-op form where the precision has one (fp32, int8), else the main graph
     (fp16), or where this onnxruntime cannot run opset 23; OpenVINO: the main graph. Both forms score alike."""
@@ -115,11 +123,21 @@ def test_each_runtime_loads_the_form_it_runs_fastest(tiny_artifact, monkeypatch)
     if importlib.util.find_spec("openvino"):
         monkeypatch.undo()
         assert loaded("int8", "openvino").backend.describe()["file"] == "model.int8.onnx"
+    # explicit execution providers other than onnxruntime's own CPU one get the main graph every runtime reads
+    assert backends.graph_form_for("onnxruntime", "cpu", ["CPUExecutionProvider"]) == "attention-op"
+    assert backends.graph_form_for("onnxruntime", "cpu", ["OpenVINOExecutionProvider", "CPUExecutionProvider"]) is None
+    assert backends.graph_form_for("onnxruntime", "cuda") is None and backends.graph_form_for("openvino", "cpu") is None
 
 
-def test_malformed_forms_in_the_manifest_are_refused(copy):
+@pytest.mark.parametrize("entry", [
+    {"file": "../elsewhere.onnx", "sha256": "0" * 64, "size_bytes": 1},  # outside the artifact
+    {"file": "model.int8.attention-op.onnx"},  # no size and hash: it would be checked against the main graph's
+    {"file": "model.int8.attention-op.onnx", "sha256": "0" * 64, "size_bytes": 1,
+     "data_files": [{"file": "../outside.bin"}]},  # forms carry no external data
+    "model.int8.attention-op.onnx"])
+def test_malformed_forms_in_the_manifest_are_refused(copy, entry):
     graphs = json.loads((copy / "manifest.json").read_text())["graphs"]
-    graphs["int8"]["forms"] = {"attention-op": {"file": "../elsewhere.onnx"}}
+    graphs["int8"]["forms"] = {"attention-op": entry}
     _edit_manifest(copy, graphs=graphs)
     with pytest.raises(ArtifactError, match="malformed forms"):
         load_artifact(copy)

@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import DISTILLED, SHARED
+from conftest import DISTILLED, OPENVINO_READS_OPSET23, SHARED, requires_attention_op
 
 SCIFACT = SHARED / "data" / "scifact" / "abstracts.jsonl"
 LONG_TARGETS = (512, 2048, 4096, 7999)
@@ -26,6 +26,11 @@ LONG_TARGETS = (512, 2048, 4096, 7999)
 
 def _ort(model_bytes: bytes):
     import onnxruntime as ort
+
+    from rerankrt.engine.backends import onnxruntime_reads_attention_op
+
+    if b"RotaryEmbedding" in model_bytes and not onnxruntime_reads_attention_op():
+        pytest.skip("this onnxruntime predates the attention-op form")
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
@@ -35,6 +40,8 @@ def _ort(model_bytes: bytes):
 
 def _openvino(model_bytes: bytes):
     ov = pytest.importorskip("openvino")
+    if b"RotaryEmbedding" in model_bytes and not OPENVINO_READS_OPSET23:
+        pytest.skip("this OpenVINO predates opset 23's Attention (2026.3)")
     core = ov.Core()
     compiled = core.compile_model(core.read_model(model_bytes), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2})
@@ -166,6 +173,7 @@ def test_global_layers_hold_a_chunk_of_scores_at_a_time(tiny_model, monkeypatch)
         assert shapes == [(2, spec.heads, r, width) for r in rows]
 
 
+@requires_attention_op
 def test_attention_op_form_is_fused_ops_without_head_transposes(tiny_model):
     """What the attention-op form is: opset 23 / IR 11, one Attention per layer (plus the global layers'
     query chunks) and RotaryEmbedding for q and k, no Softmax and no Transpose anywhere; the band's bias is
@@ -239,6 +247,8 @@ def test_banded_graph_matches_sentence_transformers_on_long_documents(distilled_
 
     if backend == "openvino":
         pytest.importorskip("openvino")
+    if attention != "matmul" and not backends_module.onnxruntime_reads_attention_op():
+        pytest.skip("this onnxruntime predates the attention-op form")
     if attention == "matmul":  # an onnxruntime older than 1.24 loads the main graph
         monkeypatch.setattr(backends_module, "onnxruntime_reads_attention_op", lambda: False)
     pairs, reference = long_reference
@@ -305,6 +315,7 @@ def test_the_long_check_takes_the_lengths_asked_for(tiny_artifact):
     assert not calibration.long_check(tokenizer, 1e6, 4, ()).token_ids
 
 
+@requires_attention_op
 def test_the_gate_checks_the_attention_op_forms_on_onnxruntime(distilled_artifact):
     """An export writes fp32 and int8 also in the attention-op form (fp16, for GPUs, only in the main one), and
     the gate verified each against PyTorch on onnxruntime, the runtime that loads them — fp32 at 512 … 7,999

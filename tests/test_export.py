@@ -207,11 +207,13 @@ def test_int8_fp32_layers_chooses_which_layers_stay_fp32(tmp_path, tiny_model, t
     ("auto", ["fp32", "bf16", "int8"], "symmetric", False, ["fp32"]),  # symmetric int8 is TensorRT's form
     ("auto", ["fp32", "int8"], "static", True, []),  # weights past 1.5 GB: no second copy
     ("matmul", ["fp32", "int8"], "static", False, [])])
-def test_which_precisions_get_the_attention_op_form(attention, precisions, method, external, expected):
+def test_which_precisions_get_the_attention_op_form(attention, precisions, method, external, expected, monkeypatch):
     """fp32 and the CPU int8 forms get the onnxruntime form beside the main graphs; TensorRT's int8, fp16 and
     bf16 (GPU, OpenVINO) do not, nor big models, nor anything when asked for the matmul form only."""
+    from rerankrt.export import pipeline
     from rerankrt.export.pipeline import attention_op_precisions
 
+    monkeypatch.setattr(pipeline, "onnxruntime_reads_attention_op", lambda: True)  # the rule, not this install
     got, why = attention_op_precisions(attention, precisions, method, "native-modernbert", external)
     assert got == expected and (bool(why) == (external and attention == "auto"))
     assert attention_op_precisions(attention, precisions, method, "torch-onnx", external)[0] == []
@@ -229,3 +231,27 @@ def test_unknown_attention_choice_is_refused_up_front(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="attention must be one of"):
         export(str(tiny_model), tmp_path / "out", attention="flash", log=None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_form_that_fails_its_gate_is_dropped_not_loaded_and_not_fatal(tmp_path):
+    """An extra form is optional: failing its gate removes it (file and entry; its report says dropped), keeps the
+    main graph and does not fail the export — even --allow-parity-failure does not keep it."""
+    from rerankrt.export import parity
+    from rerankrt.export.pipeline import drop_failed_forms
+
+    for name in ("model.fp32.attention-op.onnx", "model.int8.attention-op.onnx"):
+        (tmp_path / name).write_bytes(b"graph")
+    graphs = {"fp32": {"file": "model.fp32.onnx", "forms": {"attention-op": {"file": "model.fp32.attention-op.onnx"}}},
+              "int8": {"file": "model.int8.onnx", "forms": {"attention-op": {"file": "model.int8.attention-op.onnx"}}}}
+    ok = {"passed": True, "failures": [], "max_abs_delta": 0.0, "max_rel_delta": 0.0, "spearman": 1.0,
+          "top10_agreement": 1.0}
+    bad = {**ok, "passed": False, "failures": ["spearman 0.9 < 0.995"], "spearman": 0.9}
+    reports = {"fp32": {**ok, "forms": {"attention-op": dict(ok)}}, "int8": {**ok, "forms": {"attention-op": bad}}}
+    lines = drop_failed_forms(graphs, reports, tmp_path)
+    assert len(lines) == 1 and "int8 attention-op form dropped" in lines[0] and "spearman" in lines[0]
+    assert "forms" not in graphs["int8"] and graphs["fp32"]["forms"]["attention-op"]
+    assert not (tmp_path / "model.int8.attention-op.onnx").exists()
+    assert (tmp_path / "model.fp32.attention-op.onnx").exists()
+    assert reports["int8"]["forms"]["attention-op"]["dropped"]
+    parity.enforce(reports)  # the main graphs passed: no ParityError
+    assert "form dropped" in parity.format_report(reports)

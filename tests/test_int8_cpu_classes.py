@@ -52,7 +52,10 @@ def test_int8_weights_fit_the_saturating_u8s8_kernels(ettin17m_artifact, form):
     import onnx
     from onnx import numpy_helper
 
-    graph = load_artifact(ettin17m_artifact).graph("int8", form=form)
+    artifact = load_artifact(ettin17m_artifact)
+    if form and form not in artifact.manifest["graphs"]["int8"].get("forms", {}):
+        pytest.skip("no attention-op form (an onnxruntime before 1.24 does not write it)")
+    graph = artifact.graph("int8", form=form)
     assert graph.path.name == ("model.int8.onnx" if form is None else "model.int8.attention-op.onnx")
     model = onnx.load(str(graph.path))
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}

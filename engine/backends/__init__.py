@@ -122,7 +122,7 @@ class ConfigBuilder:
         if config.inference_precision is not None:
             opts.setdefault("inference_precision", config.inference_precision)
         graph = self.artifact.graph(config.precision, verify=self.verify,
-                                    form=graph_form_for(config.backend, self.device))
+                                    form=graph_form_for(config.backend, self.device, self.providers))
         if self.device == "cpu":  # refused with a clear error, not killed by the kernel halfway through loading
             memory.check_load(graph.path,
                               [self.artifact.directory / d["file"] for d in graph.info.get("data_files", [])])
@@ -156,9 +156,14 @@ def onnxruntime_reads_attention_op() -> bool:
     return tuple(numbers) >= ORT_READS_ATTENTION_OP
 
 
-def graph_form_for(backend: str, device: str) -> str | None:
-    """The graph form ``backend`` on ``device`` loads when the artifact has it (None: the main graph)."""
-    if backend == "onnxruntime" and device == "cpu" and onnxruntime_reads_attention_op():
+def graph_form_for(backend: str, device: str, providers: list[str] | None = None) -> str | None:
+    """The graph form ``backend`` on ``device`` loads when the artifact has it (None: the main graph).
+
+    Only onnxruntime's own CPU provider was measured on the attention-op form: explicit other providers
+    (OpenVINO EP, DNNL, XNNPACK …) get the main graph, which every runtime reads.
+    """
+    cpu_ep = providers is None or list(providers) == ["CPUExecutionProvider"]
+    if backend == "onnxruntime" and device == "cpu" and cpu_ep and onnxruntime_reads_attention_op():
         return ATTENTION_OP_FORM
     return None
 
