@@ -24,34 +24,19 @@ of the two int8 graphs says where the time went.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import statistics
 import sys
-from pathlib import Path
 
-import numpy as np
 from bench_int8_profile import profile
 
 import common
 
-HERE = Path(__file__).resolve().parent
 FORMS = ("matmul", "attention-op")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--work", type=Path, default=HERE / "work")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--emulate-avx2", action="store_true", help="re-run as an AVX2-only CPU (avx2_emulation.py)")
-    args = parser.parse_args()
-    if args.emulate_avx2:
-        import avx2_emulation
+    args = common.graph_bench_args(__doc__, __file__)
 
-        avx2_emulation.reexec_emulated(args.work.resolve(), [str(Path(__file__).resolve()), *sys.argv[1:]])
-
-    from rerankrt.engine.agreement import spearman, top_k_agreement
     from rerankrt.engine.artifact import load_artifact
     from rerankrt.engine.tokenize import PairTokenizer
 
@@ -61,11 +46,7 @@ def main() -> None:
              for form in FORMS for precision in ("fp32", "int8")}
     if paths[("attention-op", "int8")] == paths[("matmul", "int8")]:
         raise SystemExit("the artifact has no attention-op form (onnxruntime older than 1.24?)")
-    tokenizer = PairTokenizer.for_artifact(artifact, common.MAX_LENGTH)
-    workload = common.load_workloads(["negconstraint"], 10, 100, 30)[0]
-    pairs = [(q, d) for q in workload.queries[:3] for d in workload.documents]
-    ids = tokenizer.encode(pairs)
-    batches = common.batches_by_multiple(ids, tokenizer.pad_id)
+    workload = common.graph_workload(PairTokenizer.for_artifact(artifact, common.MAX_LENGTH))
 
     configs = {}
     for form in FORMS:
@@ -79,33 +60,18 @@ def main() -> None:
     if plain.is_file() and importlib.util.find_spec("openvino") is not None:
         configs[("plain export", "fp32", "openvino f32")] = (common.graph_runner(plain, "openvino", "f32"), 1)
         configs[("plain export", "fp32", "openvino default")] = (common.graph_runner(plain, "openvino", None), 1)
-    scores: dict[tuple, np.ndarray] = {}
-    times: dict[tuple, list[float]] = {key: [] for key in configs}
-    for key, (run, multiple) in configs.items():  # warm-up (first-shape compilation) and the scores
-        scores[key], _ = common.scored_pass(run, batches[multiple], len(ids))
-    for round_ in range(args.rounds):
-        common.say(f"round {round_ + 1}/{args.rounds}")
-        for key, (run, multiple) in configs.items():
-            _, seconds = common.scored_pass(run, batches[multiple], len(ids))
-            times[key].append(seconds)
+    measured = common.interleaved_graph_rows(configs, workload, args.rounds, ("matmul", "fp32", "onnxruntime"))
     common.say("profiling the int8 graphs on onnxruntime")
-    profiles = profile({form: paths[(form, "int8")] for form in FORMS}, batches[1])
+    profiles = profile({form: paths[(form, "int8")] for form in FORMS}, workload.batches[1])
 
-    reference = scores[("matmul", "fp32", "onnxruntime")]
-    groups = [i // len(workload.documents) for i in range(len(pairs))]
-    speed = {key: len(ids) / statistics.median(times[key]) for key in configs}
     rows = []
-    for key in configs:
-        form, precision, runtime = key
-        base = speed.get(("matmul", precision, runtime))
-        rows.append({"form": form, "precision": precision, "runtime": runtime, "pairs_per_s": speed[key],
-                     "x_matmul_form": speed[key] / base if base else None,
-                     "pass_times_s": [round(t, 4) for t in times[key]],
-                     "max_abs_delta": float(np.abs(scores[key] - reference).max()),
-                     "spearman": spearman(reference, scores[key]),
-                     "top10": top_k_agreement(reference, scores[key], groups)})
+    for (form, precision, runtime), row in measured.items():
+        base = measured.get(("matmul", precision, runtime))
+        rows.append({"form": form, "precision": precision, "runtime": runtime, "pairs_per_s": row["pairs_per_s"],
+                     "x_matmul_form": row["pairs_per_s"] / base["pairs_per_s"] if base else None,
+                     **{k: v for k, v in row.items() if k != "pairs_per_s"}})
     environment = common.run_environment(("openvino",))
-    body = _markdown(len(ids), args.rounds, rows, profiles)
+    body = _markdown(len(workload.ids), args.rounds, rows, profiles)
     suffix = "-avx2-emulated" if environment["hardware"].get("emulation") else ""
     common.write_report(args.out, f"attention-forms{suffix}", "Attention as matmuls vs as ONNX Attention ops",
                         "python benchmarks/bench_attention_forms.py " + " ".join(sys.argv[1:]), environment,

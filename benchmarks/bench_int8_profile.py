@@ -26,7 +26,6 @@ dispatched as on an AVX2-only CPU); the summary says so.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import importlib.util
 import json
@@ -40,7 +39,6 @@ import numpy as np
 
 import common
 
-HERE = Path(__file__).resolve().parent
 PROFILE_PASSES = 5
 
 
@@ -160,18 +158,8 @@ def build_variants(artifact, tokenizer, out_dir: Path) -> dict[str, Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--work", type=Path, default=HERE / "work")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--emulate-avx2", action="store_true", help="re-run as an AVX2-only CPU (avx2_emulation.py)")
-    args = parser.parse_args()
-    if args.emulate_avx2:
-        import avx2_emulation
+    args = common.graph_bench_args(__doc__, __file__)
 
-        avx2_emulation.reexec_emulated(args.work.resolve(), [str(Path(__file__).resolve()), *sys.argv[1:]])
-
-    from rerankrt.engine.agreement import spearman, top_k_agreement
     from rerankrt.engine.artifact import load_artifact
     from rerankrt.engine.hardware import cpu_info
     from rerankrt.engine.tokenize import PairTokenizer
@@ -179,10 +167,8 @@ def main() -> None:
     model = common.prepare_model(common.DISTILLED_NAME, args.work.resolve(), None, precisions=("fp32", "int8"))
     artifact = load_artifact(model.artifact_dir)
     tokenizer = PairTokenizer.for_artifact(artifact, common.MAX_LENGTH)
-    workload = common.load_workloads(["negconstraint"], 10, 100, 30)[0]
-    pairs = [(q, d) for q in workload.queries[:3] for d in workload.documents]
-    ids = tokenizer.encode(pairs)
-    batches = common.batches_by_multiple(ids, tokenizer.pad_id)
+    workload = common.graph_workload(tokenizer)
+    ids, batches = workload.ids, workload.batches
 
     common.say("matmul peaks")
     peaks = matmul_peaks()
@@ -201,27 +187,12 @@ def main() -> None:
             configs[("fp32 graph", "openvino f32")] = (common.graph_runner(fp32_path, "openvino", "f32"), 1)
             configs[("artifact int8 (static, first/last fp32)", "openvino f32")] = (
                 common.graph_runner(int8_path, "openvino", "f32"), 16)
-        scores: dict[tuple, np.ndarray] = {}
-        times: dict[tuple, list[float]] = {key: [] for key in configs}
-        for key, (run, multiple) in configs.items():  # warm-up (first-shape compilation) and the scores
-            scores[key], _ = common.scored_pass(run, batches[multiple], len(ids))
-        for round_ in range(args.rounds):
-            common.say(f"round {round_ + 1}/{args.rounds}")
-            for key, (run, multiple) in configs.items():
-                _, seconds = common.scored_pass(run, batches[multiple], len(ids))
-                times[key].append(seconds)
+        measured = common.interleaved_graph_rows(configs, workload, args.rounds, ("fp32 graph", "onnxruntime"))
 
-    reference = scores[("fp32 graph", "onnxruntime")]
-    groups = [i // len(workload.documents) for i in range(len(pairs))]  # one group per query
-    fp32_speed = len(ids) / statistics.median(times[("fp32 graph", "onnxruntime")])
-    rows = []
-    for key in configs:
-        speed = len(ids) / statistics.median(times[key])
-        rows.append({"graph": key[0], "runtime": key[1], "pairs_per_s": speed, "x_fp32_onnxruntime": speed / fp32_speed,
-                     "pass_times_s": [round(t, 4) for t in times[key]],
-                     "max_abs_delta": float(np.abs(scores[key] - reference).max()),
-                     "spearman": spearman(reference, scores[key]),
-                     "top10": top_k_agreement(reference, scores[key], groups)})
+    fp32_speed = measured[("fp32 graph", "onnxruntime")]["pairs_per_s"]
+    rows = [{"graph": key[0], "runtime": key[1], "pairs_per_s": row["pairs_per_s"],
+             "x_fp32_onnxruntime": row["pairs_per_s"] / fp32_speed,
+             **{k: v for k, v in row.items() if k != "pairs_per_s"}} for key, row in measured.items()]
     environment = common.run_environment(("openvino",))
     environment["int8_class"] = cpu_info().int8_class
     record = {"matmul_peaks": peaks, "profiles_ms": profiles, "rows": rows}

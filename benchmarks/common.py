@@ -286,6 +286,61 @@ def scored_pass(run: Callable, batches: list, rows: int) -> tuple[np.ndarray, fl
     return out, time.perf_counter() - started
 
 
+def graph_bench_args(doc: str, script: str) -> argparse.Namespace:
+    """``--out --work --rounds --emulate-avx2`` of the one-process graph benchmarks (int8 profile, attention
+    forms); with ``--emulate-avx2`` the script re-executes itself under the AVX2 emulation first."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    parser.add_argument("--work", type=Path, default=REPO_ROOT / "benchmarks" / "work")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--emulate-avx2", action="store_true", help="re-run as an AVX2-only CPU (avx2_emulation.py)")
+    args = parser.parse_args()
+    if args.emulate_avx2:
+        import avx2_emulation
+
+        avx2_emulation.reexec_emulated(args.work.resolve(), [str(Path(script).resolve()), *sys.argv[1:]])
+    return args
+
+
+@dataclass(frozen=True)
+class GraphWorkload:
+    """The graph benchmarks' workload: 3 negconstraint queries × 100 documents, tokenized and in batches."""
+
+    ids: list[list[int]]
+    batches: dict[int, list]  # width multiple → the engine's 2,048-token batches
+    groups: list[int]  # the query of each pair, for top-10 agreement
+
+
+def graph_workload(tokenizer) -> GraphWorkload:
+    workload = load_workloads(["negconstraint"], 10, 100, 30)[0]
+    pairs = [(q, d) for q in workload.queries[:3] for d in workload.documents]
+    ids = tokenizer.encode(pairs)
+    return GraphWorkload(ids, batches_by_multiple(ids, tokenizer.pad_id),
+                         [i // len(workload.documents) for i in range(len(pairs))])
+
+
+def interleaved_graph_rows(configs: dict[tuple, tuple[Callable, int]], workload: GraphWorkload, rounds: int,
+                           reference_key: tuple) -> dict[tuple, dict]:
+    """Time ``configs`` (key → (run, width multiple)) interleaved: a warm-up pass of each (its scores kept), then
+    ``rounds`` rounds of one pass each. Per key: pairs/s (median), pass times, and fidelity against
+    ``reference_key``'s scores."""
+    from rerankrt.engine.agreement import spearman, top_k_agreement
+
+    rows = len(workload.ids)
+    scores = {key: scored_pass(run, workload.batches[multiple], rows)[0] for key, (run, multiple) in configs.items()}
+    times: dict[tuple, list[float]] = {key: [] for key in configs}
+    for round_ in range(rounds):
+        say(f"round {round_ + 1}/{rounds}")
+        for key, (run, multiple) in configs.items():
+            times[key].append(scored_pass(run, workload.batches[multiple], rows)[1])
+    reference = scores[reference_key]
+    return {key: {"pairs_per_s": rows / statistics.median(times[key]),
+                  "pass_times_s": [round(t, 4) for t in times[key]],
+                  "max_abs_delta": float(np.abs(scores[key] - reference).max()),
+                  "spearman": spearman(reference, scores[key]),
+                  "top10": top_k_agreement(reference, scores[key], workload.groups)} for key in configs}
+
+
 def pass_seconds(fn: Callable[[], object], passes: int = 3) -> list[float]:
     """Seconds of each of ``passes`` calls of ``fn`` (the caller warms up first)."""
     times = []
