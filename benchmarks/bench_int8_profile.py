@@ -73,6 +73,17 @@ def matmul_peaks(threads: int = common.THREADS) -> dict[str, float]:
     return out
 
 
+def _all_nodes(graph) -> list:
+    """The nodes of ``graph`` and of its ``If`` branches (the attention-op form's short-batch path)."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            if attribute.g.node:
+                nodes += _all_nodes(attribute.g)
+    return nodes
+
+
 def _category(op: str, node_inputs: list[str] | None, initializers: set[str]) -> str:
     if node_inputs is None:
         return "not found in the optimized graph"
@@ -110,7 +121,7 @@ def profile(paths: dict[str, Path], batches: list, threads: int = common.THREADS
             ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # writes the optimized graph
             optimized = onnx.load(f"{tmp}/{name}.onnx", load_external_data=False)
             initializers[name] = {t.name for t in optimized.graph.initializer}
-            inputs[name] = {node.name: list(node.input) for node in optimized.graph.node}
+            inputs[name] = {node.name: list(node.input) for node in _all_nodes(optimized.graph)}
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.enable_profiling = True
@@ -130,6 +141,8 @@ def profile(paths: dict[str, Path], batches: list, threads: int = common.THREADS
             if (event.get("cat") == "Node" and event["name"].endswith("_kernel_time")
                     and event["ts"] > warm_up_end):
                 node = event["name"][: -len("_kernel_time")]
+                if event["args"]["op_name"] == "If":  # its time is its branch's nodes', which are events of their own
+                    continue
                 category = _category(event["args"]["op_name"], inputs[name].get(node), initializers[name])
                 by_category[category] += event["dur"]
         out[name] = {k: v / 1000 / PROFILE_PASSES for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])}

@@ -162,7 +162,7 @@ def prepare_model(name: str, work: Path, pairs_limit: int | None, precisions: tu
     manifest = artifact / "manifest.json"
     if (rebuilt or force_export or not manifest.is_file()
             or set(precisions) - set(json.loads(manifest.read_text())["graphs"])
-            or _stale_graph_form(json.loads(manifest.read_text())["graphs"]["fp32"])):
+            or _stale_graph_form(json.loads(manifest.read_text()))):
         say(f"exporting {name} ({', '.join(precisions)})")
         export(str(source), artifact, precisions=list(precisions), allow_parity_failure=True, overwrite=True,
                log=None)
@@ -170,16 +170,22 @@ def prepare_model(name: str, work: Path, pairs_limit: int | None, precisions: tu
     return Model(name, source, artifact, limit)
 
 
-def _stale_graph_form(fp32: dict) -> bool:
+def _stale_graph_form(manifest: dict) -> bool:
     """A native ModernBERT graph exported with other forms than today's defaults (an artifact cached before a
-    graph change would measure the old graph): banded sliding layers, the default query chunks, and the
-    attention-op forms onnxruntime loads on CPUs (written wherever this onnxruntime can verify them)."""
+    graph change would measure the old graph): banded sliding layers, the default query chunks, the
+    attention-op forms onnxruntime loads on CPUs (written wherever this onnxruntime can verify them), and what
+    int8 keeps fp32 (the first layer's attention since issue 16's second pass, which also put the attention-op
+    form's short batches behind an ``If``)."""
     from rerankrt.engine.backends import ATTENTION_OP_FORM, onnxruntime_reads_attention_op
     from rerankrt.export.graph import GLOBAL_QUERY_CHUNKS
+    from rerankrt.export.passes.matmuls import KEEP_FP32_LAYERS, fp32_layers
 
+    fp32, int8 = manifest["graphs"]["fp32"], manifest["graphs"].get("int8")
+    layers = int(manifest.get("architecture", {}).get("num_hidden_layers", 0))
     return fp32.get("graph_form") == "native-modernbert" and (
         fp32.get("local_attention") != "banded" or fp32.get("global_query_chunks") != GLOBAL_QUERY_CHUNKS
-        or (onnxruntime_reads_attention_op() and ATTENTION_OP_FORM not in fp32.get("forms", {})))
+        or (onnxruntime_reads_attention_op() and ATTENTION_OP_FORM not in fp32.get("forms", {}))
+        or (int8 is not None and int8.get("fp32_layers") != fp32_layers(layers, KEEP_FP32_LAYERS)))
 
 
 # ---------------------------------------------------------------------------------------------

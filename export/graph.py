@@ -64,10 +64,13 @@ CHUNK_QUERIES_FROM = 2048
 # RoPE as Slice/Neg/Concat/Mul/Add, transposes in and out of the head layout): every runtime this project
 # serves with reads it, TensorRT included; the artifact's main graphs. "attention-op": ONNX opset 23's ``Attention``
 # (scores, bias, softmax and context in one node) and ``RotaryEmbedding`` on [B,S,hidden], no head transposes;
-# same blocks, chunks and masks, same scores (|Δ| ~1e-6). onnxruntime runs it 1.17-1.18x faster on CPUs,
-# OpenVINO 0.85-0.90x (benchmarks/bench_attention_forms.py), so the export writes it beside the main fp32 and
+# same blocks, chunks and masks, same scores (|Δ| ~1e-6); batches up to the block and chunk thresholds run one
+# ``Attention`` on q, k, v as they are, behind an ``If`` (the blocks' copies were a tenth of the fp32 graph's
+# time at 180 tokens), which the main graphs cannot use (OpenVINO computed an ``If`` per layer wrong, and does
+# so on this form's int8 graph; the fp16 converter wrote invalid graphs). onnxruntime runs it 1.16-1.36x faster,
+# OpenVINO 0.85-1.02x (benchmarks/bench_attention_forms.py), so the export writes it beside the main fp32 and
 # int8 graphs for onnxruntime on CPUs (pipeline.attention_op_precisions, engine/backends graph_form_for).
-# onnxruntime reads it from 1.24 (QuantizeLinear-23; fp32 from 1.23), OpenVINO from 2026.3.
+# onnxruntime reads it from 1.24 (QuantizeLinear-23; fp32 from 1.23).
 ATTENTION_FORMS = ("matmul", "attention-op")
 ATTENTION_OP_OPSET = 23
 
@@ -229,7 +232,8 @@ class _ModernBertGraph:
         g, half = self.g, self.spec.window_half
         seq = g.op("Slice", [g.op("Shape", [input_ids]), g.const([1]), g.const([2])], "seq_len_1d")  # [1]
         self.batch_1d = g.op("Slice", [g.op("Shape", [input_ids]), g.const([0]), g.const([1])], "batch_1d")
-        blocked = g.op("Cast", [g.op("Greater", [seq, g.const([ONE_BLOCK_UP_TO])])], "blocked", to=INT64)  # 1 or 0
+        self.blocked_cond = g.op("Greater", [seq, g.const([ONE_BLOCK_UP_TO])], "blocked_cond")  # the attention-op If
+        blocked = g.op("Cast", [self.blocked_cond], "blocked", to=INT64)  # 1 or 0
         whole = g.op("Sub", [g.const([1]), blocked])
         # block = half when blocked, else the whole sequence; pad the tail to whole blocks only when blocked
         self.block = g.op("Add", [g.op("Mul", [blocked, g.const([half])]), g.op("Mul", [whole, seq])], "block")
@@ -270,26 +274,21 @@ class _ModernBertGraph:
         Past :data:`CHUNK_QUERIES_FROM` tokens: the rows padded by chunks − 1 (so no piece is empty), ``chunks``
         pieces of ⌈S/chunks⌉ rows, the last taking the rest; up to it: no padding, all S rows in the first
         piece and the other pieces empty (zero rows, which both backends accept; a padding row per piece instead
-        measured the same within noise at 16 × 128 and 4 × 512 tokens, so short batches carry none; the
-        attention-op form carries them: ``Attention`` refuses zero rows). Decided
-        from the batch's width with arithmetic on shapes only, as :meth:`band_layout`.
+        measured the same within noise at 16 × 128 and 4 × 512 tokens, so short batches carry none). Decided
+        from the batch's width with arithmetic on shapes only, as :meth:`band_layout` (the attention-op form
+        runs the pieces only past the threshold, behind an ``If``: ``Attention`` refuses zero rows).
         """
         g, n = self.g, self.query_chunks
         seq = g.op("Slice", [g.op("Shape", [input_ids]), g.const([1]), g.const([2])], "chunk_seq_1d")  # [1]
-        split = g.op("Cast", [g.op("Greater", [seq, g.const([CHUNK_QUERIES_FROM])])], "chunked", to=INT64)
+        self.chunked_cond = g.op("Greater", [seq, g.const([CHUNK_QUERIES_FROM])], "chunked_cond")
+        split = g.op("Cast", [self.chunked_cond], "chunked", to=INT64)
         whole = g.op("Sub", [g.const([1]), split])
         size = g.op("Div", [g.op("Add", [seq, g.const([n - 1])]), g.const([n])])  # ⌈S/n⌉
         first = g.op("Add", [g.op("Mul", [split, size]), g.op("Mul", [whole, seq])])
-        if self.attention_op:  # Attention refuses zero query rows: unchunked, every other piece is one padding row
-            extra = g.const([n - 1])
-            middle = g.op("Add", [g.op("Mul", [split, size]), whole])  # ⌈S/n⌉, or 1
-            rest = g.op("Sub", [g.op("Add", [seq, extra]), g.op("Mul", [size, g.const([n - 1])])])
-            last = g.op("Add", [g.op("Mul", [split, rest]), whole])
-        else:
-            middle = g.op("Mul", [split, size])  # ⌈S/n⌉, or 0
-            extra = g.op("Mul", [split, g.const([n - 1])])  # padding rows: n − 1 when chunked, else none
-            rest = g.op("Sub", [g.op("Add", [seq, extra]), g.op("Mul", [size, g.const([n - 1])])])
-            last = g.op("Mul", [split, rest])
+        middle = g.op("Mul", [split, size])  # ⌈S/n⌉, or 0
+        extra = g.op("Mul", [split, g.const([n - 1])])  # padding rows: n − 1 when chunked, else none
+        rest = g.op("Sub", [g.op("Add", [seq, extra]), g.op("Mul", [size, g.const([n - 1])])])
+        last = g.op("Mul", [split, rest])
         parts = [first] + [middle] * (n - 2) + [last]
         self.chunk_sizes = g.op("Concat", parts, "query_chunk_sizes", axis=0)  # [n], sums to S (+ n − 1)
         zeros = [0, 0, 0, 0] if self.attention_op else [0, 0, 0, 0, 0, 0]  # q as [B,S,hidden] or [B,h,S,d]
@@ -445,16 +444,25 @@ class _ModernBertGraph:
         q, k, v are [B,S,hidden]; a block of queries is [B·nb, block, hidden] (a reshape of the padded
         rows: no copy) and its band of keys [B·nb, band_keys, hidden] (one Gather, :meth:`neighbour_blocks`),
         with the [B·nb,1,block,band_keys] bias of :meth:`band_bias`. Returns the context as [B,S,hidden].
+        Up to :data:`ONE_BLOCK_UP_TO` tokens (one block, no neighbours: the bias is [B,1,S,S]) an ``If``
+        runs ``Attention`` on q, k, v as they are: the block path's Pads, Gathers, Reshapes and Slice would
+        copy every tensor for nothing (a tenth of the fp32 graph's time at 180 tokens).
         """
         g, H = self.g, self.spec.hidden
-        qb = g.op("Reshape", [g.op("Pad", [q, self.q_pads]), g.op("Concat", [g.const([-1]), self.block, g.const([H])],
-                                                                        axis=0)], "q_blocks")
-        keys_shape = g.op("Concat", [g.const([-1]), self.band_keys, g.const([H])], axis=0)
-        kb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [k, self.kv_pads]), axis=1, feature=H), keys_shape])
-        vb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [v, self.kv_pads]), axis=1, feature=H), keys_shape])
-        ctx = g.op("Reshape", [self.attend(qb, kb, vb, bias), g.op("Concat", [self.batch_1d, g.const([-1, H])],
-                                                                       axis=0)])  # [B, padded S, hidden]
-        return g.op("Slice", [ctx, g.const([0]), self.seq_1d, g.const([1])], "band_ctx")
+
+        def blocks() -> str:
+            qb = g.op("Reshape", [g.op("Pad", [q, self.q_pads]),
+                                  g.op("Concat", [g.const([-1]), self.block, g.const([H])], axis=0)], "q_blocks")
+            keys_shape = g.op("Concat", [g.const([-1]), self.band_keys, g.const([H])], axis=0)
+            kb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [k, self.kv_pads]), axis=1, feature=H),
+                                  keys_shape])
+            vb = g.op("Reshape", [self.neighbour_blocks(g.op("Pad", [v, self.kv_pads]), axis=1, feature=H),
+                                  keys_shape])
+            ctx = g.op("Reshape", [self.attend(qb, kb, vb, bias), g.op("Concat", [self.batch_1d, g.const([-1, H])],
+                                                                           axis=0)])  # [B, padded S, hidden]
+            return g.op("Slice", [ctx, g.const([0]), self.seq_1d, g.const([1])], "band_ctx")
+
+        return g.if_else(self.blocked_cond, blocks, lambda: self.attend(q, k, v, bias), "band_attention")
 
     def global_attention_op(self, q: str, k: str, v: str) -> str:
         """Global layers in the attention-op form, query rows in :meth:`query_chunk_layout`'s chunks.
@@ -463,6 +471,8 @@ class _ModernBertGraph:
         each chunk gets the [B,1,1,S] padding bias expanded to its rows, [B,1,rows,S], right before its
         ``Attention``: one chunk's mask alive at a time, bounded by the chunking as the scores are (masks
         shared by the layers would hold all chunks' rows, an n×n tensor, at once: 256 MB at 7,999 tokens).
+        Up to :data:`CHUNK_QUERIES_FROM` tokens an ``If`` runs one ``Attention`` over all rows instead
+        (``Attention`` refuses the empty pieces, and the pieces' Pad/Split/Concat/Slice would copy for nothing).
         """
         g, n = self.g, self.query_chunks
 
@@ -470,14 +480,18 @@ class _ModernBertGraph:
             return g.op("Expand", [self.pad_bias, g.op("Concat", [g.const([1, 1]), rows, g.const([1])], axis=0)],
                         "global_mask")
 
-        if n == 1:
-            return self.attend(q, k, v, mask(self.seq_for_masks))
-        chunks = g.op("Split", [g.op("Pad", [q, self.chunk_pads], "q_chunk_pad"), self.chunk_sizes], "q_chunk",
-                      n_out=n, axis=1)
-        rows = [g.op("Slice", [self.chunk_sizes, g.const([j]), g.const([j + 1])]) for j in range(n)]
-        ctx = g.op("Concat", [self.attend(chunk, k, v, mask(r)) for chunk, r in zip(chunks, rows, strict=True)],
-                   "chunk_ctx", axis=1)
-        return g.op("Slice", [ctx, g.const([0]), self.chunk_seq, g.const([1])], "global_ctx")
+        def whole() -> str:
+            return self.attend(q, k, v, g.op("Expand", [self.pad_bias, self.whole_mask_shape], "global_mask"))
+
+        def chunked() -> str:
+            chunks = g.op("Split", [g.op("Pad", [q, self.chunk_pads], "q_chunk_pad"), self.chunk_sizes], "q_chunk",
+                          n_out=n, axis=1)
+            rows = [g.op("Slice", [self.chunk_sizes, g.const([j]), g.const([j + 1])]) for j in range(n)]
+            ctx = g.op("Concat", [self.attend(chunk, k, v, mask(r)) for chunk, r in zip(chunks, rows, strict=True)],
+                       "chunk_ctx", axis=1)
+            return g.op("Slice", [ctx, g.const([0]), self.chunk_seq, g.const([1])], "global_ctx")
+
+        return whole() if n == 1 else g.if_else(self.chunked_cond, chunked, whole, "global_attention")
 
     def attention_as_op(self, i: int, q_in: str, kv_in: str, bias: str, rope: tuple[str, str] | None) -> str:
         """The attention-op form of :meth:`attention`: everything on [B,S,hidden], no head layout."""
@@ -600,7 +614,8 @@ class _ModernBertGraph:
             if self.attention_op:  # RotaryEmbedding's [B,S] positions into the [S, head_dim/2] tables
                 self.position_ids = g.op("Expand", [g.op("Unsqueeze", [pos, g.const([0])]), g.op("Shape", [input_ids])],
                                          "position_ids")
-                self.seq_for_masks = g.op("Slice", [g.op("Shape", [input_ids]), g.const([1]), g.const([2])])
+                seq = g.op("Slice", [g.op("Shape", [input_ids]), g.const([1]), g.const([2])])
+                self.whole_mask_shape = g.op("Concat", [g.const([1, 1]), seq, g.const([1])], "whole_mask_shape", axis=0)
             if self.banded_layers:
                 self.band_layout(input_ids)
             if self.query_chunks > 1:

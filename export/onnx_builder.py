@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -67,6 +68,27 @@ class GraphBuilder:
         if domain == MS_DOMAIN:
             self.uses_ms_domain = True
         return outs[0] if n_out == 1 else outs
+
+    def if_else(self, cond: str, then_branch: Callable[[], str], else_branch: Callable[[], str], hint: str,
+                elem_type: int = TensorProto.FLOAT) -> str:
+        """An ``If`` on ``cond`` (one bool): each branch's nodes are what its function emits, as a subgraph.
+
+        Why: a graph decided "with arithmetic on shapes only" runs the general path's copies (Pad, Gather,
+        Split, Concat, Slice) even when they do nothing; an ``If`` runs only the branch the batch needs.
+        Branch bodies read outer values (and constants, which stay initializers of the main graph) freely.
+        """
+        branches = []
+        for label, body in (("then", then_branch), ("else", else_branch)):
+            outer, self.nodes = self.nodes, []
+            try:
+                result = body()
+                if not any(result in node.output for node in self.nodes):  # an outer value: subgraphs must produce
+                    result = self.op("Identity", [result], f"{hint}_{label}")
+                output = helper.make_tensor_value_info(result, elem_type, None)
+                branches.append(helper.make_graph(self.nodes, self.fresh(f"{hint}_{label}"), [], [output]))
+            finally:
+                self.nodes = outer
+        return self.op("If", [cond], hint, then_branch=branches[0], else_branch=branches[1])
 
     def weight(self, name: str, array: np.ndarray) -> str:
         """Register a named initializer (weights keep recognisable names for quantization exclusions)."""

@@ -26,7 +26,7 @@ from rerankrt.engine.tokenize import PairTokenizer
 from . import artifact_writer, calibration, parity, tensorrt_rules
 from .graph import GLOBAL_QUERY_CHUNKS, LOCAL_ATTENTION_FORMS, build_graph, weights_go_external
 from .passes import PassContext, write_precision
-from .passes.matmuls import KEEP_FP32_LAYERS
+from .passes.matmuls import KEEP_FP32_LAYERS, parse_fp32_entry
 from .source import SourceModel, read_source
 
 EXPORT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -54,7 +54,7 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
            overwrite: bool = False, threads: int | None = None, int8_method: str = "static",
            gate_pairs: int | None = None, check_memory: bool = True, local_attention: str = "banded",
            global_query_chunks: int = GLOBAL_QUERY_CHUNKS, long_lengths: tuple[int, ...] = calibration.LONG_LENGTHS,
-           int8_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS, attention: str = "auto",
+           int8_fp32_layers: tuple[int | str, ...] = KEEP_FP32_LAYERS, attention: str = "auto",
            log: Callable[[str], None] | None = print) -> Path:
     """Export ``model`` (hub id or directory) to a verified artifact in ``output_dir``.
 
@@ -71,12 +71,12 @@ def export(model: str, output_dir: str | Path, precisions: tuple[str, ...] | lis
     with 16: benchmarks/results/long-20261204-0625). ``long_lengths``: the token
     lengths fp32 is also checked at (one long pair each; ``()`` for none — the check's reference at
     7,999 tokens is most of a small model's export time), listed in the manifest when checked.
-    ``int8_fp32_layers``: the encoder layers int8 keeps fp32 (negative indices count from the last;
-    ``()`` quantizes every layer). The first and last by default, the layers the gate is most
-    sensitive to. Every layer int8 doubles the distilled 17m's max |Δ| (0.039 → 0.088); the kept
-    layers are ~13% of the int8 graph's time, so quantizing them saves at most ~6% where int8 matmuls
-    are 1.9× fp32 (AVX2) and ~9% where they are 3.3× (VNNI) — measured on a noisy machine at
-    0.97–1.08× (emulated AVX2) and 1.12× (VNNI) the default (benchmarks/bench_int8_profile.py).
+    ``int8_fp32_layers``: what int8 keeps fp32 — encoder layers (negative indices count from the last) or one
+    block of a layer, ``"N.attn"`` (its Q/K/V/output projections) or ``"N.mlp"``; ``()`` quantizes every layer.
+    By default the first layer's attention and the last layer, what the gate is most sensitive to: on the
+    distilled 17m every layer int8 doubles the max |Δ| (0.039 → 0.088), and it is the first layer's attention
+    projections that do it (their input is the embeddings' LayerNorm); its MLP int8 leaves the error as it was
+    and runs the int8 graph 1.06-1.08× faster (issue 16; the whole first layer fp32 was the default before).
     ``attention``: ``auto`` also writes the attention-op form of fp32 and int8 for onnxruntime on CPUs
     (:func:`attention_op_precisions`); ``matmul`` writes the one (matmul) form only.
     """
@@ -309,15 +309,17 @@ def _flops_per_token(src: SourceModel, weight_bytes: int) -> float:
     return 2.0 * max(weight_bytes // 4 - embedding, 1)
 
 
-def _check_fp32_layers(layers: tuple[int, ...], num_layers: int, int8: bool) -> None:
-    """Refuse, before anything is built, fp32 layers the model does not have (an index would wrap silently)."""
+def _check_fp32_layers(layers: tuple[int | str, ...], num_layers: int, int8: bool) -> None:
+    """Refuse, before anything is built, fp32 layers the model does not have (an index would wrap silently)
+    and entries that are neither a layer nor a layer's ``attn``/``mlp`` block."""
     if not int8 or layers == KEEP_FP32_LAYERS:
         return
+    indices = [parse_fp32_entry(entry)[0] for entry in layers]  # ValueError on a malformed entry
     if not num_layers:  # a graph whose layers rerankrt does not know: it quantizes every weight matmul anyway
         if not layers:
             return
         raise ValueError("int8_fp32_layers needs a model whose layers rerankrt's graph knows (ModernBERT)")
-    wrong = [k for k in layers if not -num_layers <= k < num_layers]
+    wrong = [entry for entry, k in zip(layers, indices, strict=True) if not -num_layers <= k < num_layers]
     if wrong:
         raise ValueError(f"int8_fp32_layers {wrong} out of range: the model has {num_layers} layers "
                          f"(0…{num_layers - 1}, or -1…-{num_layers} from the last)")

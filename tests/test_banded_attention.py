@@ -129,7 +129,7 @@ AROUND_THRESHOLD = [1, 2, 16, 17, 39, 40, 41, 47, 48, 49, 100, 257]
 def test_chunked_global_queries_equal_all_at_once(tiny_model, monkeypatch, runtime, chunks, attention):
     """Global layers past the threshold score their queries chunk by chunk: the same scores as the matmul
     form with all rows at once, for lengths on and beside the threshold and the chunk edges, padded together
-    and alone (the attention-op form pads its unchunked pieces to one row: Attention refuses zero rows)."""
+    and alone (the attention-op form runs the pieces behind an If, only past the threshold)."""
     from rerankrt.export import graph
     from rerankrt.export.source import read_source
 
@@ -173,11 +173,24 @@ def test_global_layers_hold_a_chunk_of_scores_at_a_time(tiny_model, monkeypatch)
         assert shapes == [(2, spec.heads, r, width) for r in rows]
 
 
+def _nodes_in(graph) -> list:
+    """Every node of ``graph`` and of the subgraphs of its ``If`` nodes."""
+    out = []
+    for node in graph.node:
+        out.append(node)
+        for attribute in node.attribute:
+            if attribute.g.node:
+                out += _nodes_in(attribute.g)
+    return out
+
+
 @requires_attention_op
 def test_attention_op_form_is_fused_ops_without_head_transposes(tiny_model):
-    """What the attention-op form is: opset 23 / IR 11, one Attention per layer (plus the global layers'
-    query chunks) and RotaryEmbedding for q and k, no Softmax and no Transpose anywhere; the band's bias is
-    one [B·blocks, 1, 64, 192] tensor past 256 tokens ([B, 1, S, S] up to it), shared by every head."""
+    """What the attention-op form is: opset 23 / IR 11, Attention and RotaryEmbedding for q and k, no Softmax
+    and no Transpose anywhere; each sliding and global layer an ``If`` whose short-batch branch is one Attention
+    on q, k, v as they are (no Pad, Gather, Split, Concat or Slice copies) and whose long-batch branch is the
+    band's blocks or the global layers' query chunks; the band's bias one [B·blocks, 1, 64, 192] tensor past
+    256 tokens ([B, 1, S, S] up to it), shared by every head."""
     import collections
 
     import onnx
@@ -190,13 +203,21 @@ def test_attention_op_form_is_fused_ops_without_head_transposes(tiny_model):
     spec = graph.ModernBertSpec(src.config)
     model = graph.build_modernbert_graph(src, attention="attention-op", global_query_chunks=4)
     assert model.ir_version == 11 and {o.domain: o.version for o in model.opset_import}[""] == 23
-    ops = collections.Counter(n.op_type for n in model.graph.node)
+    ops = collections.Counter(n.op_type for n in _nodes_in(model.graph))
     assert ops["Softmax"] == ops["Transpose"] == 0
     last = spec.layers - 1  # the CLS-only last layer: one Attention, RoPE on k only
     global_rows = [i for i, kind in enumerate(spec.layer_types) if kind == "full_attention" and i < last]
     sliding_rows = [i for i, kind in enumerate(spec.layer_types) if kind == "sliding_attention" and i < last]
-    assert ops["Attention"] == 4 * len(global_rows) + len(sliding_rows) + 1
+    ifs = [n for n in model.graph.node if n.op_type == "If"]
+    assert len(ifs) == len(global_rows) + len(sliding_rows)
+    assert ops["Attention"] == (4 + 1) * len(global_rows) + (1 + 1) * len(sliding_rows) + 1
     assert ops["RotaryEmbedding"] == 2 * (spec.layers - 1) + 1
+    copies = {"Pad", "Gather", "Split", "Concat", "Slice", "Reshape"}
+    for node in ifs:
+        branches = {a.name: collections.Counter(n.op_type for n in a.g.node) for a in node.attribute}
+        short = branches["else_branch"]  # the condition is "wider than the threshold"
+        assert short["Attention"] == 1 and not copies & set(short), short
+        assert branches["then_branch"]["Attention"] in (1, 4)
     bias = next(out for n in model.graph.node for out in n.output if out.startswith("band_bias"))
     model.graph.output.append(onnx.helper.make_tensor_value_info(bias, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

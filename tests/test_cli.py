@@ -60,16 +60,18 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize(("value", "layers"), [("none", ()), ("0,-1", (0, -1)), ("3", (3,)), ("-2, 5", (-2, 5))])
+@pytest.mark.parametrize(("value", "layers"), [("none", ()), ("0,-1", (0, -1)), ("3", (3,)), ("-2, 5", (-2, 5)),
+                                               ("0.attn,-1", ("0.attn", -1)), ("-1.mlp, 2", ("-1.mlp", 2))])
 def test_int8_fp32_layers_parses_to_what_export_receives(value, layers):
     from rerankrt.engine.cli import build_parser
+    from rerankrt.export.passes.matmuls import KEEP_FP32_LAYERS
 
     assert build_parser().parse_args(["export", "model", "-o", "out", "--int8-fp32-layers", value]).int8_fp32_layers \
         == layers
-    assert build_parser().parse_args(["export", "model", "-o", "out"]).int8_fp32_layers == (0, -1)
+    assert build_parser().parse_args(["export", "model", "-o", "out"]).int8_fp32_layers == KEEP_FP32_LAYERS
 
 
-@pytest.mark.parametrize("value", ["first", "0;1", "1.5"])
+@pytest.mark.parametrize("value", ["first", "0;1", "1.5", "0.attention", "0.", "attn"])
 def test_int8_fp32_layers_refuses_what_is_not_a_layer_list(value, capsys):
     from rerankrt.engine.cli import build_parser
 

@@ -171,22 +171,39 @@ def test_both_rope_forms_give_the_same_scores(tmp_path, tiny_model):
     assert np.ptp(outs[0]) > 0
 
 
-def _int8_weight_layers(graph_path) -> set[int]:
-    """Encoder layers with int8 weights in a graph: DequantizeLinear nodes reading a ``layers.N.`` initializer."""
+def _int8_weight_blocks(graph_path) -> set[tuple[int, str]]:
+    """(layer, block) of every int8 weight in a graph: DequantizeLinear nodes reading a ``layers.N.attn|mlp.``
+    initializer."""
     import re
 
     model = onnx.load(str(graph_path), load_external_data=False)
     weights = {t.name for t in model.graph.initializer}
-    return {int(m.group(1)) for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
-            for m in [re.match(r"layers\.(\d+)\.", n.input[0])] if m}
+    return {(int(m.group(1)), m.group(2)) for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in weights
+            for m in [re.match(r"layers\.(\d+)\.(attn|mlp)\.", n.input[0])] if m}
+
+
+def test_fp32_entries_are_layers_or_blocks_and_a_layer_absorbs_its_blocks():
+    from rerankrt.export.passes.matmuls import fp32_layers, parse_fp32_entry
+
+    assert fp32_layers(7, ("0.attn", -1)) == ["0.attn", 6]
+    assert fp32_layers(7, (0, "0.attn", "-1.mlp", "6.attn")) == [0, "6.attn", "6.mlp"]
+    assert fp32_layers(7, ()) == [] and fp32_layers(0, ("0.attn",)) == []  # layers unknown: nothing to keep
+    for bad in ("0.ffn", "first", "1.5", "", True):
+        with pytest.raises(ValueError):
+            parse_fp32_entry(bad)
 
 
 def test_int8_fp32_layers_chooses_which_layers_stay_fp32(tmp_path, tiny_model, tiny_artifact):
+    """Whole layers or one block of a layer stay fp32; by default the first layer's attention projections and
+    the last layer (the first layer's MLP is int8)."""
     from conftest import random_weight_tolerances
 
     layers = int(read_source(str(tiny_model)).config["num_hidden_layers"])
-    with pytest.raises(ValueError, match="out of range"):  # refused before anything is built
-        export(str(tiny_model), tmp_path / "bad", precisions=["fp32", "int8"], int8_fp32_layers=(0, layers), log=None)
+    for wrong, message in (((0, layers), "out of range"), ((f"{layers}.mlp",), "out of range"),
+                           (("0.ffn",), "attn")):  # refused before anything is built
+        with pytest.raises(ValueError, match=message):
+            export(str(tiny_model), tmp_path / "bad", precisions=["fp32", "int8"], int8_fp32_layers=wrong, log=None)
     assert not (tmp_path / "bad").exists()
 
     out = export(str(tiny_model), tmp_path / "every", precisions=["fp32", "int8"], int8_fp32_layers=(),
@@ -194,9 +211,11 @@ def test_int8_fp32_layers_chooses_which_layers_stay_fp32(tmp_path, tiny_model, t
                  log=None)
     every = json.loads((out / "manifest.json").read_text())["graphs"]["int8"]
     default = json.loads((tiny_artifact / "manifest.json").read_text())["graphs"]["int8"]
-    assert every["fp32_layers"] == [] and default["fp32_layers"] == [0, layers - 1]
-    assert _int8_weight_layers(out / every["file"]) == set(range(layers))
-    assert _int8_weight_layers(tiny_artifact / default["file"]) == set(range(1, layers - 1))
+    assert every["fp32_layers"] == [] and default["fp32_layers"] == ["0.attn", layers - 1]
+    blocks = {(layer, block) for layer in range(layers) for block in ("attn", "mlp")}
+    assert _int8_weight_blocks(out / every["file"]) == blocks
+    assert _int8_weight_blocks(tiny_artifact / default["file"]) == blocks - {(0, "attn"), (layers - 1, "attn"),
+                                                                              (layers - 1, "mlp")}
     assert every["quantized_matmuls"] > default["quantized_matmuls"]
 
 

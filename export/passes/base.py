@@ -29,8 +29,8 @@ class PassContext:
 
     num_layers: int = 0  # encoder layers, for the int8 passes' fp32 first/last layers; 0 = not known
     calibration_batches: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # padded (ids, mask)
-    # encoder layers the int8 passes keep fp32 (negative counts from the last); the first and last by default
-    keep_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS
+    # what the int8 passes keep fp32: layers (negative counts from the last) or "N.attn"/"N.mlp" blocks
+    keep_fp32_layers: tuple[int | str, ...] = KEEP_FP32_LAYERS
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from .matmuls import KEEP_FP32_LAYERS, fp32_layers, select_nodes
 
 
 def quantize_int8_dynamic(fp32_path: Path, out_path: Path, num_layers: int,
-                          keep_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS, per_channel: bool = False) -> dict:
+                          keep_fp32_layers: tuple[int | str, ...] = KEEP_FP32_LAYERS,
+                          per_channel: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(fp32_path), load_external_data=False)  # the node list only: no weights needed

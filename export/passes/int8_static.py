@@ -38,7 +38,7 @@ class _BatchReader:
 
 
 def quantize_int8_static(fp32_path: Path, out_path: Path, num_layers: int, batches: list[tuple],
-                         keep_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS, per_channel: bool = True,
+                         keep_fp32_layers: tuple[int | str, ...] = KEEP_FP32_LAYERS, per_channel: bool = True,
                          reduce_range: bool = True, symmetric_activations: bool = False) -> dict:
     """Calibrated static int8 in the Q/DQ format: one file onnxruntime, OpenVINO and TensorRT all read.
 

@@ -1,8 +1,9 @@
 """Which weight MatMuls the int8 passes quantize: shared by ``int8_static`` and ``int8_dynamic``.
 
-Activation×activation MatMuls (attention scores and context) are never candidates, and the
-layers the parity gate is most sensitive to (the first and last encoder layers, and the head)
-stay fp32, as the feasibility study found. This module only chooses; it changes no graph.
+Activation×activation MatMuls (attention scores and context) are never candidates, and what the
+parity gate is most sensitive to (the first layer's attention projections, the last encoder layer,
+the head) stays fp32, as the feasibility study and issue 16's per-block study found. This module only
+chooses; it changes no graph.
 """
 
 from __future__ import annotations
@@ -11,7 +12,30 @@ import re
 
 import onnx
 
-KEEP_FP32_LAYERS = (0, -1)
+# What int8 keeps fp32: a layer index (the whole layer, negative counts from the last) or "N.attn" / "N.mlp" (one
+# block of it). The first layer's attention projections (their input, the embeddings' LayerNorm, is what uint8
+# activations round worst: quantized they take the distilled 17m's max |Δ| from 0.14 to 0.22 on 2,600 pairs) and
+# the last layer; the first layer's MLP is int8 (same error, 1.06-1.08x the speed on the 17m, emulated AVX2 and
+# VNNI; it was fp32 before issue 16).
+KEEP_FP32_LAYERS: tuple[int | str, ...] = ("0.attn", -1)
+LAYER_PARTS = ("attn", "mlp")
+
+
+def parse_fp32_entry(entry: int | str) -> tuple[int, str | None]:
+    """``3`` → (3, None): the whole layer; ``"0.attn"`` → (0, "attn"). Raises ValueError on anything else."""
+    if isinstance(entry, int) and not isinstance(entry, bool):
+        return entry, None
+    text = str(entry).strip()
+    layer, dot, part = text.partition(".")
+    try:
+        index = int(layer)
+    except ValueError:
+        raise ValueError(f"expected a layer index or 'N.attn' / 'N.mlp', got {entry!r}") from None
+    if not dot:
+        return index, None
+    if part not in LAYER_PARTS:
+        raise ValueError(f"layer part must be one of {LAYER_PARTS}, got {entry!r}")
+    return index, part
 
 
 def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -19,20 +43,30 @@ def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in weights]
 
 
-def fp32_layers(num_layers: int, keep_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS) -> list[int]:
-    """The encoder layers kept fp32, as non-negative indices (none when the layers are not known)."""
-    return sorted({k % num_layers for k in keep_fp32_layers}) if num_layers else []
+def _kept(num_layers: int, keep_fp32_layers: tuple[int | str, ...]) -> set[tuple[int, str | None]]:
+    """(non-negative layer, part or None) pairs; a whole layer absorbs its parts."""
+    parsed = {(index % num_layers, part) for index, part in map(parse_fp32_entry, keep_fp32_layers)}
+    return {(layer, part) for layer, part in parsed if part is None or (layer, None) not in parsed}
 
 
-def select_nodes(model: onnx.ModelProto, num_layers: int, keep_fp32_layers: tuple[int, ...] = KEEP_FP32_LAYERS,
+def fp32_layers(num_layers: int, keep_fp32_layers: tuple[int | str, ...] = KEEP_FP32_LAYERS) -> list[int | str]:
+    """What stays fp32, normalised: whole layers as non-negative ints, parts as ``"N.attn"`` (none when the
+    layers are not known)."""
+    if not num_layers:
+        return []
+    return [layer if part is None else f"{layer}.{part}"
+            for layer, part in sorted(_kept(num_layers, keep_fp32_layers), key=lambda lp: (lp[0], lp[1] or ""))]
+
+
+def select_nodes(model: onnx.ModelProto, num_layers: int, keep_fp32_layers: tuple[int | str, ...] = KEEP_FP32_LAYERS,
                  keep_head: bool = True) -> list[str]:
-    """Names of weight MatMuls to quantize, skipping the protected layers and the head."""
-    protected = set(fp32_layers(num_layers, keep_fp32_layers))
+    """Names of weight MatMuls to quantize, skipping the protected layers (or blocks) and the head."""
+    protected = _kept(num_layers, keep_fp32_layers) if num_layers else set()
     chosen = []
     for node in weight_matmuls(model):
         weight = node.input[1]
-        match = re.match(r"layers\.(\d+)\.", weight)
-        if match and int(match.group(1)) in protected:
+        match = re.match(r"layers\.(\d+)\.(\w+)\.", weight)
+        if match and ((int(match.group(1)), None) in protected or (int(match.group(1)), match.group(2)) in protected):
             continue
         if keep_head and weight.startswith("head."):
             continue
