@@ -160,7 +160,7 @@ def build_variants(artifact, tokenizer, out_dir: Path) -> dict[str, Path]:
     calibration = quantization_batches(tokenizer)
     variants = {"static, every layer int8": (quantize_int8_static, {"batches": calibration, "keep_fp32_layers": ()}),
                 "static, per-tensor weights": (quantize_int8_static, {"batches": calibration, "per_channel": False}),
-                "dynamic per-tensor, first/last fp32": (quantize_int8_dynamic, {}),
+                "dynamic per-tensor, default fp32 blocks": (quantize_int8_dynamic, {}),
                 "dynamic per-tensor, every layer int8": (quantize_int8_dynamic, {"keep_fp32_layers": ()})}
     out = {}
     for i, (name, (quantize, kwargs)) in enumerate(variants.items()):
@@ -192,13 +192,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         variants = build_variants(artifact, tokenizer, Path(tmp))
         configs = {("fp32 graph", "onnxruntime"): (common.graph_runner(fp32_path, "onnxruntime"), 1),
-                   ("artifact int8 (static, first/last fp32)", "onnxruntime"):
+                   ("artifact int8 (static, default fp32 blocks)", "onnxruntime"):
                        (common.graph_runner(int8_path, "onnxruntime"), 1)}
         configs.update({(name, "onnxruntime"): (common.graph_runner(path, "onnxruntime"), 1)
                         for name, path in variants.items()})
         if importlib.util.find_spec("openvino") is not None:
             configs[("fp32 graph", "openvino f32")] = (common.graph_runner(fp32_path, "openvino", "f32"), 1)
-            configs[("artifact int8 (static, first/last fp32)", "openvino f32")] = (
+            configs[("artifact int8 (static, default fp32 blocks)", "openvino f32")] = (
                 common.graph_runner(int8_path, "openvino", "f32"), 16)
         measured = common.interleaved_graph_rows(configs, workload, args.rounds, ("fp32 graph", "onnxruntime"))
 

@@ -181,7 +181,7 @@ def _stale_graph_form(manifest: dict) -> bool:
     from rerankrt.export.passes.matmuls import KEEP_FP32_LAYERS, fp32_layers
 
     fp32, int8 = manifest["graphs"]["fp32"], manifest["graphs"].get("int8")
-    layers = int(manifest.get("architecture", {}).get("num_hidden_layers", 0))
+    layers = int(manifest.get("architecture", {}).get("num_hidden_layers") or 0)  # written as null when unknown
     return fp32.get("graph_form") == "native-modernbert" and (
         fp32.get("local_attention") != "banded" or fp32.get("global_query_chunks") != GLOBAL_QUERY_CHUNKS
         or (onnxruntime_reads_attention_op() and ATTENTION_OP_FORM not in fp32.get("forms", {}))

@@ -227,7 +227,8 @@ class _ModernBertGraph:
         next block of keys (the sequence padded to whole blocks, plus one block of keys on each side).
         Up to it: one block of the whole sequence with no neighbours, i.e. the n×n form (1.5x fewer scores
         than blocks at 128 tokens). Decided from the batch's width inside the graph with arithmetic on
-        shapes only (no ``If``), so it is one graph of standard ops for every backend and precision pass.
+        shapes only (no ``If``), so it is one graph of standard ops for every backend and precision pass; the
+        attention-op form (onnxruntime only) also puts the block path behind an ``If`` on ``blocked_cond``.
         """
         g, half = self.g, self.spec.window_half
         seq = g.op("Slice", [g.op("Shape", [input_ids]), g.const([1]), g.const([2])], "seq_len_1d")  # [1]

@@ -236,7 +236,7 @@ def attention_op_precisions(attention: str, precisions: list[str], int8_method: 
     """The precisions that also get an attention-op graph, and why none do when none do.
 
     The main graphs stay in the matmul form every runtime reads (OpenVINO runs it faster, TensorRT reads only it,
-    the GPU paths were measured on it); onnxruntime on CPUs loads the attention-op form, 1.17-1.18x faster
+    the GPU paths were measured on it); onnxruntime on CPUs loads the attention-op form, 1.16-1.36x faster
     (``engine/backends/__init__.py``). So: fp32 and the CPU int8 forms (static, dynamic; the symmetric one is
     TensorRT's), for ModernBERT graphs whose weights are inline (a second copy of a graph past 1.5 GB — the
     400m, 1b — is left out), when the onnxruntime here can run and so verify them.

@@ -209,7 +209,10 @@ def test_attention_op_form_is_fused_ops_without_head_transposes(tiny_model):
     global_rows = [i for i, kind in enumerate(spec.layer_types) if kind == "full_attention" and i < last]
     sliding_rows = [i for i, kind in enumerate(spec.layer_types) if kind == "sliding_attention" and i < last]
     ifs = [n for n in model.graph.node if n.op_type == "If"]
-    assert len(ifs) == len(global_rows) + len(sliding_rows)
+    band_ifs = [n for n in ifs if n.name.startswith("n_band_attention")]
+    global_ifs = [n for n in ifs if n.name.startswith("n_global_attention")]
+    assert len(band_ifs) == len(sliding_rows) and len(global_ifs) == len(global_rows)
+    assert len(ifs) == len(band_ifs) + len(global_ifs)
     assert ops["Attention"] == (4 + 1) * len(global_rows) + (1 + 1) * len(sliding_rows) + 1
     assert ops["RotaryEmbedding"] == 2 * (spec.layers - 1) + 1
     copies = {"Pad", "Gather", "Split", "Concat", "Slice", "Reshape"}
@@ -217,7 +220,9 @@ def test_attention_op_form_is_fused_ops_without_head_transposes(tiny_model):
         branches = {a.name: collections.Counter(n.op_type for n in a.g.node) for a in node.attribute}
         short = branches["else_branch"]  # the condition is "wider than the threshold"
         assert short["Attention"] == 1 and not copies & set(short), short
-        assert branches["then_branch"]["Attention"] in (1, 4)
+        long = branches["then_branch"]  # the band's blocks (one Attention over them) or the 4 query chunks
+        band = node.name.startswith("n_band_attention")
+        assert long["Attention"] == (1 if band else 4) and ("Gather" if band else "Split") in long
     bias = next(out for n in model.graph.node for out in n.output if out.startswith("band_bias"))
     model.graph.output.append(onnx.helper.make_tensor_value_info(bias, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -25,17 +25,12 @@ def parse_fp32_entry(entry: int | str) -> tuple[int, str | None]:
     """``3`` → (3, None): the whole layer; ``"0.attn"`` → (0, "attn"). Raises ValueError on anything else."""
     if isinstance(entry, int) and not isinstance(entry, bool):
         return entry, None
-    text = str(entry).strip()
-    layer, dot, part = text.partition(".")
-    try:
-        index = int(layer)
-    except ValueError:
-        raise ValueError(f"expected a layer index or 'N.attn' / 'N.mlp', got {entry!r}") from None
-    if not dot:
-        return index, None
-    if part not in LAYER_PARTS:
+    match = re.fullmatch(r"(-?[0-9]+)(?:\.(\w+))?", str(entry).strip())  # the CLI's syntax, no int() leniency
+    if not match:
+        raise ValueError(f"expected a layer index or 'N.attn' / 'N.mlp', got {entry!r}")
+    if match.group(2) is not None and match.group(2) not in LAYER_PARTS:
         raise ValueError(f"layer part must be one of {LAYER_PARTS}, got {entry!r}")
-    return index, part
+    return int(match.group(1)), match.group(2)
 
 
 def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
