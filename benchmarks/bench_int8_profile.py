@@ -73,17 +73,6 @@ def matmul_peaks(threads: int = common.THREADS) -> dict[str, float]:
     return out
 
 
-def _all_nodes(graph) -> list:
-    """The nodes of ``graph`` and of its ``If`` branches (the attention-op form's short-batch path)."""
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        for attribute in node.attribute:
-            if attribute.g.node:
-                nodes += _all_nodes(attribute.g)
-    return nodes
-
-
 def _category(op: str, node_inputs: list[str] | None, initializers: set[str]) -> str:
     if node_inputs is None:
         return "not found in the optimized graph"
@@ -110,6 +99,8 @@ def profile(paths: dict[str, Path], batches: list, threads: int = common.THREADS
     import onnx
     import onnxruntime as ort
 
+    from rerankrt.export.onnx_builder import all_nodes
+
     sessions, inputs, initializers = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in paths.items():
@@ -121,7 +112,7 @@ def profile(paths: dict[str, Path], batches: list, threads: int = common.THREADS
             ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # writes the optimized graph
             optimized = onnx.load(f"{tmp}/{name}.onnx", load_external_data=False)
             initializers[name] = {t.name for t in optimized.graph.initializer}
-            inputs[name] = {node.name: list(node.input) for node in _all_nodes(optimized.graph)}
+            inputs[name] = {node.name: list(node.input) for node in all_nodes(optimized.graph)}  # If branches too
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.enable_profiling = True

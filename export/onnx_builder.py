@@ -127,5 +127,16 @@ class GraphBuilder:
         return model
 
 
+def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` and, recursively, of its subgraphs (the branches :meth:`GraphBuilder.if_else` writes)."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            if attribute.g.node:
+                nodes += all_nodes(attribute.g)
+    return nodes
+
+
 FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64

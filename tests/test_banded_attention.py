@@ -173,17 +173,6 @@ def test_global_layers_hold_a_chunk_of_scores_at_a_time(tiny_model, monkeypatch)
         assert shapes == [(2, spec.heads, r, width) for r in rows]
 
 
-def _nodes_in(graph) -> list:
-    """Every node of ``graph`` and of the subgraphs of its ``If`` nodes."""
-    out = []
-    for node in graph.node:
-        out.append(node)
-        for attribute in node.attribute:
-            if attribute.g.node:
-                out += _nodes_in(attribute.g)
-    return out
-
-
 @requires_attention_op
 def test_attention_op_form_is_fused_ops_without_head_transposes(tiny_model):
     """What the attention-op form is: opset 23 / IR 11, Attention and RotaryEmbedding for q and k, no Softmax
@@ -197,13 +186,14 @@ def test_attention_op_form_is_fused_ops_without_head_transposes(tiny_model):
     import onnxruntime as ort
 
     from rerankrt.export import graph
+    from rerankrt.export.onnx_builder import all_nodes
     from rerankrt.export.source import read_source
 
     src = read_source(str(tiny_model))
     spec = graph.ModernBertSpec(src.config)
     model = graph.build_modernbert_graph(src, attention="attention-op", global_query_chunks=4)
     assert model.ir_version == 11 and {o.domain: o.version for o in model.opset_import}[""] == 23
-    ops = collections.Counter(n.op_type for n in _nodes_in(model.graph))
+    ops = collections.Counter(n.op_type for n in all_nodes(model.graph))
     assert ops["Softmax"] == ops["Transpose"] == 0
     last = spec.layers - 1  # the CLS-only last layer: one Attention, RoPE on k only
     global_rows = [i for i, kind in enumerate(spec.layer_types) if kind == "full_attention" and i < last]
