@@ -1,6 +1,8 @@
 """CPU benchmark against the peers (issue 7): sentence-transformers, a plain ONNX export, OpenVINO, and rerankrt.
 
-One run, every system in its own process, one after another, on the same pairs:
+One run, every system in its own process, on the same pairs; one system after another, or, with
+``--interleaved``, every system loaded at once (each in its own process) and timed one pass each in turn,
+round after round, so that every ratio compares the same minutes of the machine:
 
 * ``st``: sentence-transformers ``CrossEncoder``, torch fp32 (the reference for speed and fidelity);
 * ``plain-*``: the same PyTorch module through plain ``torch.onnx.export`` (what a user would do
@@ -18,6 +20,7 @@ peak of its own precision (fp32, bf16, int8). It ends with the issue's targets, 
     python benchmarks/bench_cpu_peers.py                                  # 17m, 68m + 17m-distilled
     python benchmarks/bench_cpu_peers.py --models 17m,68m,150m
     python benchmarks/bench_cpu_peers.py --smoke --out /tmp/peers_smoke   # end-to-end check, a few minutes
+    python benchmarks/bench_cpu_peers.py --models 17m --interleaved --emulate-avx2   # issue 16's yardstick
 
 ``python benchmarks/bench_cpu_peers.py worker ...`` measures one system; the driver calls it.
 """
@@ -216,6 +219,7 @@ def load_system(system: System, model_dir: Path, artifact_dir: Path, plain_dir: 
 
 
 def worker_main(args: argparse.Namespace) -> None:
+    channel = common.reply_channel() if args.interleaved else None  # before any library can print to stdout
     system = BY_NAME[args.system]
     try:
         pairs, groups = common.read_pairs(args.pairs)
@@ -226,9 +230,15 @@ def worker_main(args: argparse.Namespace) -> None:
                         "peak_rss_mib": common.peak_rss_mib()}
             scores = None
         else:
-            measured, scores = common.measure_scorer(predict, rank, pairs, groups, args.passes, args.latency_calls,
-                                                 args.spawn_time,
-                                                 batch_sizes=common.ST_BATCH_SIZES if system.family == "st" else ())
+            session = common.ScorerSession(predict, rank, pairs, groups, args.spawn_time,
+                                           batch_sizes=common.ST_BATCH_SIZES if system.family == "st" else ())
+            if channel is not None:  # the driver asks for each pass in turn with the other systems'
+                common.serve_interleaved(session, channel, {"cold_start_s": session.first_score - args.spawn_time})
+            else:
+                for _ in range(args.passes):
+                    session.timed_pass()
+                session.rank_calls(args.latency_calls)
+            measured, scores = session.result(), session.scores
         result = {"system": system.name, **measured, **describe()}
     except Exception as exc:  # noqa: BLE001 - benchmark worker: any failure is reported as this system's error row
         message = (str(exc).splitlines() or [""])[0]
@@ -259,9 +269,9 @@ def measure_openvino_peaks(has_bf16: bool, threads: int = THREADS, runs: int = P
 
     fp32: ``INFERENCE_PRECISION_HINT`` f32; bf16: hint bf16 (only on BF16 CPUs); int8: the same
     model quantized by NNCF (FakeQuantize on both inputs), run with the f32 hint so only the
-    quantized MatMul decides. The runtime graph says which precision the FullyConnected ran in.
+    quantized MatMul decides (skipped without nncf, like the NNCF row). The runtime graph says which
+    precision the FullyConnected ran in.
     """
-    import nncf
     import openvino as ov
     from openvino import opset13 as ops
 
@@ -287,6 +297,10 @@ def measure_openvino_peaks(has_bf16: bool, threads: int = THREADS, runs: int = P
     peaks = {"fp32": run(matmul_model(), "f32")}
     if has_bf16:
         peaks["bf16"] = run(matmul_model(), "bf16")
+    try:
+        import nncf
+    except ImportError:
+        return peaks
     calibration = nncf.Dataset([rng.standard_normal((m, k), dtype=np.float32) for _ in range(4)])
     peaks["int8"] = {**run(nncf.quantize(matmul_model(), calibration, subset_size=4), "f32"),
                      "quantized_by": "nncf.quantize"}
@@ -412,8 +426,128 @@ def int8_method(model: common.Model) -> str | None:
     return (manifest["graphs"].get("int8") or {}).get("method")
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How one system's worker is started for one model × workload."""
+
+    system: System
+    prefix: Path  # <prefix>.json / .npy: the worker's result and scores
+    args: list[str]
+    env: dict[str, str] | None
+    cache: Path | None  # rerankrt's compile/tuning cache (OpenVINO, auto): empty at the first start, kept for a second
+
+
+def _launches(model: common.Model, systems: list[System], plain_dir: Path, run_dir: Path, pairs_file: Path,
+              passes: int, latency_calls: int, workload: common.Workload) -> list[Launch]:
+    out = []
+    for system in systems:
+        prefix = run_dir / f"{model.name}-{workload.name}-{system.name}"
+        args = ["--system", system.name, "--model-dir", str(model.source_dir), "--artifact",
+                str(model.artifact_dir), "--plain-dir", str(plain_dir), "--pairs", str(pairs_file),
+                "--passes", str(passes), "--latency-calls", str(latency_calls)]
+        env, cache = None, None
+        if system.family == "rerankrt" and system.runtime in ("openvino", "auto"):
+            cache = run_dir / "ov-cache" / prefix.name
+            shutil.rmtree(cache, ignore_errors=True)
+            env = {**os.environ, "RERANKRT_CACHE": str(cache)}
+        out.append(Launch(system, prefix, args, env, cache))
+    return out
+
+
+def _second_start(launch: Launch, result: dict) -> None:
+    """A second process on the now-warm cache: what every later start of this configuration costs."""
+    assert launch.cache is not None
+    warm = common.spawn_worker(Path(__file__), [*launch.args, "--start-only"],
+                               launch.prefix.with_name(launch.prefix.name + "-second-start"), launch.env)
+    result["second_start_s"] = warm["cold_start_s"]
+    if "auto_choice" in warm:
+        result["second_start_auto_choice"] = warm["auto_choice"]
+        result["second_start_decision_read_ms"] = warm["decision_read_ms"]
+    result["second_start_peak_rss_mib"] = warm["peak_rss_mib"]
+    result["ov_cache_files"] = sum(1 for p in launch.cache.rglob("*") if p.is_file())
+
+
+def _worker_error(launch: Launch, exc: subprocess.CalledProcessError) -> str:
+    failed = launch.prefix.with_suffix(".json")
+    return (json.loads(failed.read_text(encoding="utf-8")).get("error") if failed.is_file()
+            else None) or f"worker exited with status {exc.returncode}"
+
+
+def run_sequential(launches: list[Launch]) -> dict[str, dict | str]:
+    """Each system in its own process, one after another, all its passes back to back: result or error."""
+    out: dict[str, dict | str] = {}
+    for launch in launches:
+        try:
+            result = common.spawn_worker(Path(__file__), launch.args, launch.prefix, launch.env)
+            if launch.cache is not None:
+                _second_start(launch, result)
+            out[launch.system.name] = result
+        except subprocess.CalledProcessError as exc:
+            out[launch.system.name] = _worker_error(launch, exc)
+    return out
+
+
+def run_interleaved(launches: list[Launch], passes: int, latency_calls: int) -> dict[str, dict | str]:
+    """Every system loaded in its own long-lived process, then ``passes`` rounds of one pass each (the order
+    rotated every round, so no system always follows the same one), then each one's ``rank`` calls.
+
+    Starts stay one at a time (each worker is loaded and warm before the next is spawned; second starts
+    run then), so cold starts are measured as in the sequential mode. Ratios between systems are what
+    this mode is for: every system's passes fall in the same minutes of the machine.
+    """
+    out: dict[str, dict | str] = {}
+    workers: dict[str, common.InterleavedWorker] = {}
+    by_name = {launch.system.name: launch for launch in launches}
+    try:
+        for launch in launches:
+            name = launch.system.name
+            try:
+                workers[name] = common.InterleavedWorker(Path(__file__), launch.args, launch.prefix, launch.env)
+                say(f"  {name}: loaded (cold start {workers[name].ready['cold_start_s']:.2f} s)")
+                if launch.cache is not None:
+                    second: dict = {}
+                    _second_start(launch, second)
+                    out[name] = second  # merged into the result at the end
+            except subprocess.CalledProcessError as exc:
+                out[name] = _worker_error(launch, exc)
+                say(f"  {name} FAILED: {out[name]}")
+                if name in workers:  # loaded, but its second start failed
+                    workers.pop(name).kill()
+
+        def drive(name: str, command: str) -> None:
+            try:
+                reply = workers[name].ask(command)
+                if "error" in reply:
+                    raise RuntimeError(reply["error"])
+            except (subprocess.CalledProcessError, RuntimeError) as exc:
+                out[name] = (_worker_error(by_name[name], exc) if isinstance(exc, subprocess.CalledProcessError)
+                             else str(exc))
+                say(f"  {name} FAILED: {out[name]}")
+                workers.pop(name).kill()
+
+        for round_ in range(passes):
+            names = list(workers)
+            shift = round_ % max(1, len(names))
+            say(f"round {round_ + 1}/{passes}")
+            for name in names[shift:] + names[:shift]:
+                if name in workers:
+                    drive(name, "pass")
+        for name in list(workers):
+            drive(name, f"latency {latency_calls}")
+        for name, worker in list(workers.items()):
+            try:
+                out[name] = {**worker.finish(), **(out.get(name) or {})}
+            except subprocess.CalledProcessError as exc:
+                out[name] = _worker_error(by_name[name], exc)
+            workers.pop(name)
+    finally:
+        for worker in workers.values():
+            worker.kill()
+    return out
+
+
 def measure_group(model: common.Model, workload: common.Workload, systems: list[System], plain_dir: Path, run_dir: Path,
-                  passes: int, latency_calls: int, environment: dict) -> list[dict]:
+                  passes: int, latency_calls: int, environment: dict, interleaved: bool = False) -> list[dict]:
     """Every system on one model × workload; st first, because every other row is compared with it."""
     n_queries = workload.n_queries(model.pairs_limit)
     pairs_file = workload.write_pairs(run_dir / f"pairs-{workload.name}-q{n_queries}.jsonl", n_queries)
@@ -422,49 +556,30 @@ def measure_group(model: common.Model, workload: common.Workload, systems: list[
     lengths = common.token_lengths(model, pairs)
     flops = common.estimate_flops(config, lengths)
     say(f"{model.name} × {workload.name}: {len(pairs)} pairs ({n_queries} queries × {len(workload.documents)} docs), "
-        f"mean {lengths.mean():.0f} tokens")
+        f"mean {lengths.mean():.0f} tokens" + (", interleaved" if interleaved else ""))
     peaks = environment["matmul_peaks"]["by_precision"]
 
+    launches = _launches(model, systems, plain_dir, run_dir, pairs_file, passes, latency_calls, workload)
+    results = run_interleaved(launches, passes, latency_calls) if interleaved else run_sequential(launches)
     rows, reference = [], None
-    for system in systems:
-        prefix = run_dir / f"{model.name}-{workload.name}-{system.name}"
-        worker_args = ["--system", system.name, "--model-dir", str(model.source_dir), "--artifact",
-                       str(model.artifact_dir), "--plain-dir", str(plain_dir), "--pairs", str(pairs_file),
-                       "--passes", str(passes), "--latency-calls", str(latency_calls)]
-        env = None
-        cached = system.family == "rerankrt" and system.runtime in ("openvino", "auto")
-        if cached:  # an empty compile (and tuning) cache for the first start, kept for the second
-            cache = run_dir / "ov-cache" / prefix.name
-            shutil.rmtree(cache, ignore_errors=True)
-            env = {**os.environ, "RERANKRT_CACHE": str(cache)}
+    for launch in launches:
+        system = launch.system
         row = {"record": "measurement", "run_id": environment["run_id"], "model": model.name,
                "workload": workload.name, "system": system.name, "family": system.family,
                "runtime": system.runtime, "precision": system.precision, "n_queries": n_queries,
                "docs_per_query": len(workload.documents), "tokens_total": int(lengths.sum()),
-               "tokens_mean": float(lengths.mean())}
-        try:
-            result = common.spawn_worker(Path(__file__), worker_args, prefix, env)
-            if cached:
-                warm = common.spawn_worker(Path(__file__), [*worker_args, "--start-only"],
-                                       prefix.with_name(prefix.name + "-second-start"), env)
-                result["second_start_s"] = warm["cold_start_s"]
-                if "auto_choice" in warm:
-                    result["second_start_auto_choice"] = warm["auto_choice"]
-                    result["second_start_decision_read_ms"] = warm["decision_read_ms"]
-                result["second_start_peak_rss_mib"] = warm["peak_rss_mib"]
-                result["ov_cache_files"] = sum(1 for p in cache.rglob("*") if p.is_file())
-        except subprocess.CalledProcessError as exc:
-            failed = prefix.with_suffix(".json")
-            error = (json.loads(failed.read_text(encoding="utf-8")).get("error") if failed.is_file()
-                     else None) or f"worker exited with status {exc.returncode}"
-            say(f"  {system.name} FAILED: {error}")
-            rows.append({**row, "error": error, "environment": environment})
+               "tokens_mean": float(lengths.mean()), "interleaved": interleaved}
+        result = results[system.name]
+        if isinstance(result, str):
+            say(f"  {system.name} FAILED: {result}")
+            rows.append({**row, "error": result, "environment": environment})
             continue
-        scores = np.load(prefix.with_suffix(".npy"))
+        scores = np.load(launch.prefix.with_suffix(".npy"))
         median_s = statistics.median(result["pass_times_s"])
         peak_prec = peak_precision(system, result)
         achieved = flops / median_s / 1e9
         row.update({"run_precision": run_label(system, result), **result, "flops_estimate": flops,
+                    "best_pass_pairs_per_s": result["n_pairs"] / min(result["pass_times_s"]),
                     "achieved_gops": achieved, "peak_precision": peak_prec,
                     "peak_gops": peaks.get(peak_prec, {}).get("gops"),
                     "fraction_of_peak": achieved / peaks[peak_prec]["gops"] if peak_prec in peaks else None})
@@ -515,8 +630,39 @@ def _unique_pairs(pairs: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
     return out
 
 
-def compute_targets(rows: list[dict], fidelity_model: str, start_model: str) -> list[dict]:
-    """The issue's targets, from this run's rows only. Each: what was compared, the value, pass/fail."""
+# Issue 16's goals on CPUs whose kernels are AVX2-only (no AVX-512, no VNNI), where they are stricter than
+# issue 7's 1.2x: target name → the ratio asked there.
+AVX2_ONLY_GOALS = {"strict fp32 vs the faster plain fp32 peer": 1.3,
+                   "fastest faithful rerankrt vs fastest faithful OpenVINO peer": 1.5}
+
+
+def avx2_only(environment: dict) -> bool:
+    """Whether the kernels of this run saw an AVX2-only CPU (a real one or the emulation)."""
+    cpu = environment["hardware"]["cpu"]
+    return "avx2" in cpu["features"] and not cpu["avx512"] and not cpu["vnni"]
+
+
+def compute_targets(rows: list[dict], fidelity_model: str, start_model: str, avx2_only_cpu: bool = False) -> list[dict]:
+    """The issues' targets, from this run's rows only. Each: what was compared, the value, pass/fail.
+
+    On an AVX2-only CPU (``avx2_only_cpu``) the two speed ratios are judged twice: against issue 7's goal and
+    against issue 16's stricter one (:data:`AVX2_ONLY_GOALS`)."""
+    targets = _targets(rows, fidelity_model, start_model)
+    if not avx2_only_cpu:
+        return targets
+    out = []
+    for target in targets:
+        out.append(target)
+        goal = AVX2_ONLY_GOALS.get(target["target"])
+        if goal is not None:
+            strict_ok = target.get("strict", True)
+            out.append({**target, "target": target["target"] + " (issue 16, AVX2-only CPU)",
+                        "goal": target["goal"].replace(f"≥ {TARGET_RATIO}×", f"≥ {goal}×"),
+                        "passed": None if target["ratio"] is None else bool(strict_ok) and target["ratio"] >= goal})
+    return out
+
+
+def _targets(rows: list[dict], fidelity_model: str, start_model: str) -> list[dict]:
     ok = [r for r in rows if _ok(r)]
     targets = []
     for model, workload in dict.fromkeys((r["model"], r["workload"]) for r in ok):
@@ -670,8 +816,8 @@ def markdown_summary(rows: list[dict], targets: list[dict], systems: list[System
         group = [r for r in rows if r["workload"] == workload]
         docs = next((r["rank_latency_ms"]["docs"] for r in group if _ok(r)), "N")
         lines += [f"## {workload} (max_length {MAX_LENGTH}, {THREADS} threads)", "",
-                  f"| model | pairs | system | runs in | pairs/s | × st | rank 1×{docs} p50 / p95 ms | peak RSS MiB | "
-                  "cold start s (2nd) | max \\|Δ\\|/range | Spearman | top-10 | G(FL)OP/s | % peak |",
+                  f"| model | pairs | system | runs in | pairs/s (best pass) | × st | rank 1×{docs} p50 / p95 ms | "
+                  "peak RSS MiB | cold start s (2nd) | max \\|Δ\\|/range | Spearman | top-10 | G(FL)OP/s | % peak |",
                   "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in group:
             if not _ok(r):
@@ -682,7 +828,8 @@ def markdown_summary(rows: list[dict], targets: list[dict], systems: list[System
             start = f"{r['cold_start_s']:.2f}" + (f" ({r['second_start_s']:.2f})" if "second_start_s" in r else "")
             frac = r["fraction_of_peak"]
             lines.append(
-                f"| {r['model']} | {r['n_pairs']} | {system} | {r['run_precision']} | {r['pairs_per_s']:.1f} | "
+                f"| {r['model']} | {r['n_pairs']} | {system} | {r['run_precision']} | {r['pairs_per_s']:.1f} "
+                f"({r.get('best_pass_pairs_per_s', r['pairs_per_s']):.1f}) | "
                 f"{fmt(r.get('speedup_vs_st'), '.2f')} | "
                 f"{r['rank_latency_ms']['p50']:.0f} / {r['rank_latency_ms']['p95']:.0f} | {r['peak_rss_mib']:.0f} | "
                 f"{start} | {fmt(_agree(r, 'max_rel_delta'), '.1e')} | {fmt(_agree(r, 'spearman'), '.5f')} | "
@@ -718,8 +865,16 @@ def markdown_summary(rows: list[dict], targets: list[dict], systems: list[System
     int8_methods = {r["model"]: r["artifact_int8_method"] for r in ok if r.get("artifact_int8_method")}
     lines += [
         "Notes:",
-        "- One run; every ratio compares systems measured back to back in it, each in its own process. pairs/s is "
-        "the median of the timed passes after a warm-up; st uses its fastest batch size of 16/32/64. Every other "
+        ("- One run, interleaved (`--interleaved`): every system loaded in its own process, then round after "
+         "round of one timed pass of each (order rotated per round), so every ratio compares passes from the same "
+         "minutes of the machine. pairs/s is "
+         if any(r.get("interleaved") for r in rows) else
+         "- One run; every ratio compares systems measured back to back in it, each in its own process (a drift "
+         "of the machine over the run's minutes lands in the ratios: `--interleaved` avoids it). pairs/s is ")
+        + "the median of the timed passes after a warm-up (in brackets: the best pass — on a shared cloud "
+        "machine a pass runs in a fast or a ~1.2-1.3× slower mode from one few-second stretch to the next, invisible "
+        "to the guest (no steal time), so a median can land on either mode; ratios of the best passes compare each "
+        "system's fast mode); st uses its fastest batch size of 16/32/64. Every other "
         "system scores through rerankrt's `Reranker` (same tokenizer, same length-sorted 2048-token batches), so "
         "only the graph and the runtime differ.",
         "- Fidelity is against st's scores on the same pairs: max |Δ| divided by st's score range, Spearman, mean "
@@ -820,7 +975,8 @@ def driver_main(args: argparse.Namespace) -> None:
     plain_dirs = {model.name: prepare_plain(model, work, needed, args.reexport) for model in models}
     workloads = (common.load_workloads(workload_names, 2, 10, 10) if args.smoke
                  else common.load_workloads(workload_names, 10, 100, 30))
-    passes, latency_calls = (1, 2) if args.smoke else (3, 10)
+    passes, latency_calls = (1, 2) if args.smoke else (5 if args.interleaved else 3, 10)
+    passes = args.passes or passes
     environment["systems"] = [s.name for s in systems]
 
     jsonl = out / f"{run_id}.jsonl"
@@ -829,12 +985,12 @@ def driver_main(args: argparse.Namespace) -> None:
     for model in models:
         for workload in workloads:
             group = measure_group(model, workload, systems, plain_dirs[model.name], run_dir, passes, latency_calls,
-                                  environment)
+                                  environment, args.interleaved)
             with jsonl.open("a", encoding="utf-8") as fh:  # appended per group: a crash keeps what was measured
                 fh.writelines(json.dumps(row) + "\n" for row in group)
             rows += group
 
-    targets = compute_targets(rows, fidelity_model, start_model)
+    targets = compute_targets(rows, fidelity_model, start_model, avx2_only(environment))
     with jsonl.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps({"record": "targets", "run_id": run_id, "targets": targets}) + "\n")
     command = "python benchmarks/bench_cpu_peers.py " + " ".join(sys.argv[1:])
@@ -861,6 +1017,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "bench_cpu.py)")
     parser.add_argument("--reexport", action="store_true",
                         help="rebuild the cached artifacts and peer graphs (e.g. after the exporter changed)")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="keep every system loaded in its own process and time one pass of each in turn "
+                             "(same minutes of the machine for every system: the ratios issue 16 judges)")
+    parser.add_argument("--passes", type=int, default=None,
+                        help="timed passes per system (default 3; 5 with --interleaved; 1 with --smoke)")
     args = parser.parse_args(argv)
     args.mode = "driver"
     return args

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
+from typing import TextIO
 
 # Cold start is measured from the parent's spawn time; this marks when the interpreter reached
 # the benchmark's code (only the stdlib imported so far), so a report can split launch from loading.
@@ -363,55 +364,181 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - started, out
 
 
-def measure_scorer(predict: PredictFn, rank: RankFn, pairs: list[tuple[str, str]], groups: list[int], passes: int,
-                   latency_calls: int, spawn_time: float, batch_sizes: tuple[int, ...] = ()) -> tuple[dict, np.ndarray]:
-    """Cold start, throughput, ``rank`` latency and peak RSS of a loaded scorer; returns ``(result, scores)``.
+class ScorerSession:
+    """One loaded scorer measured step by step: cold start and warm-up at construction, then timed passes and
+    ``rank`` latencies on request, then :meth:`result`.
+
+    Why steps: issue 16's yardstick compares systems a few percent apart, and running each system's passes
+    back to back in its own process drifts more than that over a run of minutes (thermal state, noisy
+    neighbours). A driver that holds every system's worker alive can ask each for one pass in turn
+    (:class:`InterleavedWorker`), so every system sees the same minutes of the machine.
 
     ``batch_sizes`` (sentence-transformers): try each and time the passes with the fastest;
     empty (rerankrt and anything behind its ``Reranker``): batches are cut by the token budget.
     The first call, one pair, ends the cold start that began at ``spawn_time`` in the parent.
     """
-    predict(pairs[:1], None)
-    first_score = time.time()
 
-    if batch_sizes:
-        # sentence-transformers has a fixed batch size; give it its best one. The first (short)
-        # call pays one-off allocations so that no trial is penalised for going first.
-        predict(pairs[:max(batch_sizes)], max(batch_sizes))
-        trials = {bs: timed(partial(predict, pairs, bs))[0] for bs in batch_sizes}
-        batch_size = min(trials, key=trials.get)
-    else:
-        predict(pairs, None)  # warm-up pass; rerankrt cuts batches by its token budget
-        trials, batch_size = {}, None
+    def __init__(self, predict: PredictFn, rank: RankFn, pairs: list[tuple[str, str]], groups: list[int],
+                 spawn_time: float, batch_sizes: tuple[int, ...] = ()) -> None:
+        self.predict, self.rank, self.pairs, self.spawn_time = predict, rank, pairs, spawn_time
+        predict(pairs[:1], None)
+        self.first_score = time.time()
+        if batch_sizes:
+            # sentence-transformers has a fixed batch size; give it its best one. The first (short)
+            # call pays one-off allocations so that no trial is penalised for going first.
+            predict(pairs[:max(batch_sizes)], max(batch_sizes))
+            self.trials = {bs: timed(partial(predict, pairs, bs))[0] for bs in batch_sizes}
+            self.batch_size: int | None = min(self.trials, key=self.trials.get)
+        else:
+            predict(pairs, None)  # warm-up pass; rerankrt cuts batches by its token budget
+            self.trials, self.batch_size = {}, None
+        by_query: dict[int, tuple[str, list[str]]] = {}
+        for (query, doc), group in zip(pairs, groups):
+            by_query.setdefault(group, (query, []))[1].append(doc)
+        self.queries = list(by_query.values())
+        self.pass_times: list[float] = []
+        self.latencies_ms: list[float] = []
+        self.scores: np.ndarray | None = None
 
-    pass_times, scores = [], None
+    def timed_pass(self) -> float:
+        """Score every pair once; returns the seconds and keeps the scores (input order)."""
+        seconds, scores = timed(partial(self.predict, self.pairs, self.batch_size))
+        self.pass_times.append(seconds)
+        self.scores = np.asarray(scores, np.float32)
+        return seconds
+
+    def rank_calls(self, calls: int) -> list[float]:
+        """``calls`` timed ``rank`` calls, one query's documents each (cycling through the queries), in ms."""
+        out = []
+        for _ in range(calls):
+            query, docs = self.queries[len(self.latencies_ms) % len(self.queries)]
+            out.append(timed(partial(self.rank, query, docs, self.batch_size))[0] * 1e3)
+            self.latencies_ms.append(out[-1])
+        return out
+
+    def result(self) -> dict:
+        median_pass = statistics.median(self.pass_times)
+        return {
+            "n_pairs": len(self.pairs),
+            "batch_size": self.batch_size,
+            "batch_size_trials_s": {str(k): round(v, 4) for k, v in self.trials.items()},
+            "pass_times_s": [round(t, 4) for t in self.pass_times],
+            "pairs_per_s": len(self.pairs) / median_pass,
+            "rank_latency_ms": {"p50": float(np.percentile(self.latencies_ms, 50)) if self.latencies_ms else None,
+                                "p95": float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else None,
+                                "calls": len(self.latencies_ms), "docs": len(self.queries[0][1])},
+            "cold_start_s": self.first_score - self.spawn_time,
+            "launch_s": SCRIPT_START - self.spawn_time,
+            "peak_rss_mib": peak_rss_mib(),
+        }
+
+
+def measure_scorer(predict: PredictFn, rank: RankFn, pairs: list[tuple[str, str]], groups: list[int], passes: int,
+                   latency_calls: int, spawn_time: float, batch_sizes: tuple[int, ...] = ()) -> tuple[dict, np.ndarray]:
+    """Cold start, ``passes`` timed passes back to back, ``rank`` latency and peak RSS of a loaded scorer;
+    returns ``(result, scores)`` (see :class:`ScorerSession`)."""
+    session = ScorerSession(predict, rank, pairs, groups, spawn_time, batch_sizes)
     for _ in range(passes):
-        seconds, scores = timed(partial(predict, pairs, batch_size))
-        pass_times.append(seconds)
+        session.timed_pass()
+    session.rank_calls(latency_calls)
+    return session.result(), session.scores
 
-    by_query: dict[int, tuple[str, list[str]]] = {}
-    for (query, doc), group in zip(pairs, groups):
-        by_query.setdefault(group, (query, []))[1].append(doc)
-    queries = list(by_query.values())
-    latencies = []
-    for i in range(latency_calls):
-        query, docs = queries[i % len(queries)]
-        latencies.append(timed(partial(rank, query, docs, batch_size))[0] * 1e3)
 
-    median_pass = statistics.median(pass_times)
-    result = {
-        "n_pairs": len(pairs),
-        "batch_size": batch_size,
-        "batch_size_trials_s": {str(k): round(v, 4) for k, v in trials.items()},
-        "pass_times_s": [round(t, 4) for t in pass_times],
-        "pairs_per_s": len(pairs) / median_pass,
-        "rank_latency_ms": {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95)),
-                            "calls": len(latencies), "docs": len(queries[0][1])},
-        "cold_start_s": first_score - spawn_time,
-        "launch_s": SCRIPT_START - spawn_time,
-        "peak_rss_mib": peak_rss_mib(),
-    }
-    return result, np.asarray(scores, np.float32)
+# ---------------------------------------------------------------------------------------------
+# Interleaved workers: every system loaded in its own long-lived process, one pass of each in turn.
+# ---------------------------------------------------------------------------------------------
+REPLY_MARK = "@@interleaved "
+
+
+def reply_channel() -> TextIO:
+    """The worker's private line to the driver: the real stdout; fd 1 itself then points at stderr.
+
+    Called first thing in an interleaved worker, so anything a library prints to stdout (at import or
+    later) lands on stderr instead of corrupting the replies.
+    """
+    channel = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    return channel
+
+
+def serve_interleaved(session: ScorerSession, channel: TextIO, ready: dict) -> None:
+    """Answer the driver: ``ready`` once loaded and warm, then one JSON reply per command read from stdin —
+    ``pass`` (one timed pass), ``latency N`` (N rank calls), ``finish`` (stop; the caller writes the result)."""
+
+    def reply(message: dict) -> None:
+        channel.write(REPLY_MARK + json.dumps(message) + "\n")
+        channel.flush()
+
+    reply({"ready": True, **ready})
+    for line in sys.stdin:
+        command, *rest = line.split()
+        if command == "pass":
+            reply({"seconds": session.timed_pass()})
+        elif command == "latency":
+            reply({"latencies_ms": session.rank_calls(int(rest[0]))})
+        elif command == "finish":
+            return
+        else:
+            reply({"error": f"unknown command {command!r}"})
+
+
+class InterleavedWorker:
+    """The driver's end of one interleaved worker (``script worker ARGS --interleaved``).
+
+    Workers are started one at a time (each start waits until the worker is loaded and warm, so
+    cold starts never overlap), then driven one command at a time: at most one worker computes at
+    any moment, the rest wait on their stdin. A worker that dies raises ``CalledProcessError``.
+    """
+
+    SETTLE_S = 0.2  # after each reply: lets the last worker's spinning thread pools go to sleep
+
+    def __init__(self, script: Path, worker_args: list[str], out_prefix: Path,
+                 env: dict[str, str] | None = None) -> None:
+        out_prefix.with_suffix(".json").unlink(missing_ok=True)
+        self.out_prefix = out_prefix
+        self.command = [sys.executable, str(Path(script).resolve()), "worker", *worker_args, "--interleaved",
+                        "--out-prefix", str(out_prefix), "--spawn-time"]
+        self.command.append(repr(time.time()))
+        self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                        text=True, encoding="utf-8")
+        self.ready = self._read()
+
+    def _read(self) -> dict:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(REPLY_MARK):
+                time.sleep(self.SETTLE_S)
+                return json.loads(line[len(REPLY_MARK):])
+            sys.stderr.write(line)  # not a reply: pass it on
+        raise subprocess.CalledProcessError(self.process.wait(), self.command)
+
+    def ask(self, command: str) -> dict:
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise subprocess.CalledProcessError(self.process.wait(), self.command) from None
+        return self._read()
+
+    def finish(self) -> dict:
+        """Stop the worker; returns the ``<out_prefix>.json`` it wrote (its whole result)."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write("finish\n")
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+        returncode = self.process.wait()
+        if returncode:
+            raise subprocess.CalledProcessError(returncode, self.command)
+        return json.loads(self.out_prefix.with_suffix(".json").read_text(encoding="utf-8"))
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def write_worker_output(out_prefix: Path, result: dict, scores: np.ndarray | None) -> None:
@@ -432,6 +559,8 @@ def worker_parser(prog: str, systems) -> argparse.ArgumentParser:
     parser.add_argument("--latency-calls", type=int, required=True)
     parser.add_argument("--out-prefix", type=Path, required=True)
     parser.add_argument("--spawn-time", type=float, required=True, help="parent's time.time() before spawning")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="stay loaded and answer the driver's commands on stdin (InterleavedWorker)")
     return parser
 
 

@@ -21,8 +21,10 @@ in its own process.
 
 Timing: when all candidates fit in memory at once they are timed interleaved (round robin, a
 warm-up round first, then the median of the timed rounds), so a noisy neighbour slows them all
-alike; otherwise one after another. A time budget (``RERANKRT_TUNE_SECONDS``, default 30 s) stops
-the tuning: the rule's choice is always timed first, so it is at worst what the rule gives.
+alike; otherwise one after another. A candidate whose pass is over :data:`RACE_MARGIN` × the fastest
+pass so far is not timed again (racing: it cannot win, and slow candidates' passes are the longest).
+A time budget (``RERANKRT_TUNE_SECONDS``, default 30 s) stops the tuning: the rule's choice is always
+timed first, so it is at worst what the rule gives.
 Bigger models time fewer of the pairs (``sized_workload``: ≤ 50 GFLOP per pass, at least 4 pairs), so
 the cost grows slower than the model: seconds for the 17m on 2 cores; for the 400m and 1b one pass
 takes seconds and the budget ends the tuning early (``rerankrt tune`` with a larger
@@ -54,6 +56,10 @@ TUNE_VERSION = 1  # bump when candidates, workload or timing change: cached deci
 TUNE_QUERIES = 4
 TUNE_DOC_SENTENCES = (1, 2, 4, 6, 9, 14, 20)  # ~30 to ~430 tokens: past the 128-token window, several batches
 TIMED_ROUNDS = 3  # after one warm-up round
+# A candidate whose timed pass is this much slower than the fastest one's is not timed again: it cannot be
+# the choice (one pass's noise is ~10% on a busy 2-core machine) and its passes were a third of the
+# tuning's time on an AVX2-only CPU, where OpenVINO runs 1.4-1.8x slower than onnxruntime int8.
+RACE_MARGIN = 1.3
 DEFAULT_BUDGET_S = 30.0
 CPU_TUNED_PRECISIONS = ("int8", "bf16", "fp32")
 PASS_FLOPS = 50e9  # the 17m's whole workload (~40 GFLOP); bigger models time fewer pairs (sized_workload)
@@ -208,7 +214,8 @@ def candidates(artifact: Artifact, precision: str = "auto", backend: str = "auto
     is_installed = is_installed or installed
     precisions = [p for p in CPU_TUNED_PRECISIONS
                   if p in artifact.precisions and p not in exclude and gate_passed(artifact, p)
-                  and precision in ("auto", p)]
+                  and precision in ("auto", p)
+                  and (p != "bf16" or cpu.has_bf16)]  # bf16 refuses to load without AVX512_BF16/AMX
     found: list[Config] = []
     for p in precisions:
         for b in CPU_BACKENDS.get(p, ()):
@@ -297,6 +304,14 @@ def measure(configs: Sequence[Config], build: Callable[[Config], Callable[[], ob
         rows[i]["load_and_warmup_s"] = round(time.perf_counter() - loaded_at, 3)
         return True
 
+    def raced_out(i: int) -> bool:
+        """True (and said in the row) when ``i``'s best pass is :data:`RACE_MARGIN` × behind the leader's."""
+        leader = min((min(t) for t in times.values() if t), default=None)
+        if not times[i] or leader is None or min(times[i]) <= RACE_MARGIN * leader:
+            return False
+        rows[i]["raced_out"] = f"over {RACE_MARGIN}x the fastest candidate's pass time: not timed again"
+        return True
+
     def timed(i: int) -> None:
         if i not in runners:
             return
@@ -314,7 +329,7 @@ def measure(configs: Sequence[Config], build: Callable[[Config], Callable[[], ob
         live = [i for i in range(len(configs)) if load(i)]
         for _ in range(TIMED_ROUNDS):
             for i in live:
-                if times[i] and over_budget() and i > 0:
+                if times[i] and ((over_budget() and i > 0) or "raced_out" in rows[i] or raced_out(i)):
                     continue
                 timed(i)
     else:
@@ -322,7 +337,7 @@ def measure(configs: Sequence[Config], build: Callable[[Config], Callable[[], ob
             if not load(i):
                 continue
             for _ in range(TIMED_ROUNDS):
-                if (times[i] and over_budget() and i > 0) or i not in runners:
+                if (times[i] and ((over_budget() and i > 0) or raced_out(i))) or i not in runners:
                     break
                 timed(i)
             runners.pop(i, None)  # one candidate's weights in memory at a time

@@ -79,7 +79,8 @@ def test_candidates_are_the_gated_configurations_with_the_rule_first(artifact):
     assert not any(c.precision == "fp16" for c in found)  # GPUs' precision, never faster on a CPU
     without_vnni = tuning.candidates(artifact, cpu=ZEN3, is_installed=lambda b: True)
     assert without_vnni[0].label == "int8 on onnxruntime"  # the corrected rule on AVX2-only CPUs
-    assert set(without_vnni) == {c for c in found if c.inference_precision != "bf16"}
+    # a CPU without BF16: neither bf16 graphs nor bf16 between OpenVINO's int8 matmuls (bf16 refuses to load there)
+    assert set(without_vnni) == {c for c in found if "bf16" not in (c.precision, c.inference_precision)}
     ort_only = tuning.candidates(artifact, cpu=ZEN5, is_installed=lambda b: b == "onnxruntime")
     assert {c.backend for c in ort_only} == {"onnxruntime"}
 
@@ -104,6 +105,32 @@ def test_picks_the_faster_configuration_and_caches_it(artifact, cache):
     # a request that rules the winner out gets the fastest of what it allows, from the same table
     only_int8 = tuning.decide(artifact, paced_builder(speeds, built), precision="int8", cpu=ZEN5)
     assert only_int8.config.precision == "int8" and built == []
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_a_candidate_far_behind_is_not_timed_again(interleave):
+    """Racing: one pass over RACE_MARGIN x the leader's ends a candidate's timing (it cannot win), while
+    candidates within the margin get every round; the choice is unchanged."""
+    seconds = {"slow first": 0.05, "leader": 0.01, "close": 0.0115, "far": 0.03}  # 5x, 1x, 1.15x, 3x
+    configs = [tuning.Config(p, "onnxruntime", label_) for p, label_ in
+               zip(("int8", "fp32", "bf16", "fp16"), seconds)]
+    calls = {c.inference_precision: 0 for c in configs}
+
+    def build(config: tuning.Config):
+        def run() -> None:
+            calls[config.inference_precision] += 1
+            time.sleep(seconds[config.inference_precision])
+        return run
+
+    rows = {r["config"]["inference_precision"]: r for r in
+            tuning.measure(configs, build, pairs_per_pass=10, budget_s=60.0, interleave=interleave)}
+    assert rows["leader"]["passes"] == rows["close"]["passes"] == tuning.TIMED_ROUNDS
+    assert "raced_out" not in rows["leader"] and "raced_out" not in rows["close"]
+    assert rows["far"]["passes"] == 1 and "raced_out" in rows["far"]
+    # timed sequentially, the first candidate has no leader to lose to yet: all its rounds
+    assert rows["slow first"]["passes"] == (1 if interleave else tuning.TIMED_ROUNDS)
+    assert calls["far"] == 2  # the warm-up and the one timed pass
+    assert tuning.choose(list(rows.values())).inference_precision == "leader"
 
 
 def test_a_configuration_that_cannot_run_is_skipped_not_chosen(artifact, cache):

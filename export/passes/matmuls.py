@@ -39,8 +39,10 @@ def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def _kept(num_layers: int, keep_fp32_layers: tuple[int | str, ...]) -> set[tuple[int, str | None]]:
-    """(non-negative layer, part or None) pairs; a whole layer absorbs its parts."""
+    """(non-negative layer, part or None) pairs; a whole layer absorbs its parts, and all its parts make the
+    whole layer (so the manifest names the same weights one way)."""
     parsed = {(index % num_layers, part) for index, part in map(parse_fp32_entry, keep_fp32_layers)}
+    parsed |= {(layer, None) for layer, _ in parsed if all((layer, part) in parsed for part in LAYER_PARTS)}
     return {(layer, part) for layer, part in parsed if part is None or (layer, None) not in parsed}
 
 
