@@ -34,6 +34,7 @@ SCRIPT_START = time.time()  # see common.SCRIPT_START: launch vs loading in the 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -488,8 +489,8 @@ def run_sequential(launches: list[Launch]) -> dict[str, dict | str]:
 
 
 def run_interleaved(launches: list[Launch], passes: int, latency_calls: int) -> dict[str, dict | str]:
-    """Every system loaded in its own long-lived process, then ``passes`` rounds of one pass each (the order
-    rotated every round, so no system always follows the same one), then each one's ``rank`` calls.
+    """Every system loaded in its own long-lived process, then ``passes`` rounds of one pass each (in a seeded
+    random order per round, so no system keeps the same neighbours), then each one's ``rank`` calls.
 
     Starts stay one at a time (each worker is loaded and warm before the next is spawned; second starts
     run then), so cold starts are measured as in the sequential mode. Ratios between systems are what
@@ -503,23 +504,30 @@ def run_interleaved(launches: list[Launch], passes: int, latency_calls: int) -> 
             name = launch.system.name
             try:
                 workers[name] = common.InterleavedWorker(Path(__file__), launch.args, launch.prefix, launch.env)
-                say(f"  {name}: loaded (cold start {workers[name].ready['cold_start_s']:.2f} s)")
-                if launch.cache is not None:
-                    second: dict = {}
-                    _second_start(launch, second)
-                    out[name] = second  # merged into the result at the end
-            except subprocess.CalledProcessError as exc:
-                out[name] = _worker_error(launch, exc)
+            except (subprocess.CalledProcessError, ValueError) as exc:
+                out[name] = (_worker_error(launch, exc) if isinstance(exc, subprocess.CalledProcessError)
+                             else f"malformed reply: {exc}")
                 say(f"  {name} FAILED: {out[name]}")
-                if name in workers:  # loaded, but its second start failed
-                    workers.pop(name).kill()
+                continue
+            say(f"  {name}: loaded (cold start {workers[name].ready['cold_start_s']:.2f} s)")
+            if launch.cache is not None:
+                second: dict = {}
+                try:
+                    _second_start(launch, second)
+                except subprocess.CalledProcessError as exc:  # the first start measures on; the row says so
+                    failed = launch.prefix.with_name(launch.prefix.name + "-second-start").with_suffix(".json")
+                    second = {"second_start_error": (json.loads(failed.read_text(encoding="utf-8")).get("error")
+                                                     if failed.is_file() else None)
+                              or f"worker exited with status {exc.returncode}"}
+                    say(f"  {name} second start FAILED: {second['second_start_error']}")
+                out[name] = second  # merged into the result at the end
 
         def drive(name: str, command: str) -> None:
             try:
                 reply = workers[name].ask(command)
                 if "error" in reply:
                     raise RuntimeError(reply["error"])
-            except (subprocess.CalledProcessError, RuntimeError) as exc:
+            except (subprocess.CalledProcessError, RuntimeError, ValueError) as exc:
                 out[name] = (_worker_error(by_name[name], exc) if isinstance(exc, subprocess.CalledProcessError)
                              else str(exc))
                 say(f"  {name} FAILED: {out[name]}")
@@ -527,9 +535,9 @@ def run_interleaved(launches: list[Launch], passes: int, latency_calls: int) -> 
 
         for round_ in range(passes):
             names = list(workers)
-            shift = round_ % max(1, len(names))
+            random.Random(round_).shuffle(names)  # seeded: the same orders every run
             say(f"round {round_ + 1}/{passes}")
-            for name in names[shift:] + names[:shift]:
+            for name in names:
                 if name in workers:
                     drive(name, "pass")
         for name in list(workers):
@@ -866,8 +874,8 @@ def markdown_summary(rows: list[dict], targets: list[dict], systems: list[System
     lines += [
         "Notes:",
         ("- One run, interleaved (`--interleaved`): every system loaded in its own process, then round after "
-         "round of one timed pass of each (order rotated per round), so every ratio compares passes from the same "
-         "minutes of the machine. pairs/s is "
+         "round of one timed pass of each (a seeded random order per round), so every ratio compares passes from "
+         "the same minutes of the machine. pairs/s is "
          if any(r.get("interleaved") for r in rows) else
          "- One run; every ratio compares systems measured back to back in it, each in its own process (a drift "
          "of the machine over the run's minutes lands in the ratios: `--interleaved` avoids it). pairs/s is ")

@@ -12,6 +12,7 @@ in cold start and RSS only for its own stack.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -472,6 +473,8 @@ def serve_interleaved(session: ScorerSession, channel: TextIO, ready: dict) -> N
 
     reply({"ready": True, **ready})
     for line in sys.stdin:
+        if not line.strip():
+            continue
         command, *rest = line.split()
         if command == "pass":
             reply({"seconds": session.timed_pass()})
@@ -488,7 +491,8 @@ class InterleavedWorker:
 
     Workers are started one at a time (each start waits until the worker is loaded and warm, so
     cold starts never overlap), then driven one command at a time: at most one worker computes at
-    any moment, the rest wait on their stdin. A worker that dies raises ``CalledProcessError``.
+    any moment, the rest wait on their stdin. A worker that dies raises ``CalledProcessError``; there is
+    no timeout (as with :func:`spawn_worker`): a hung worker holds the run until it is interrupted.
     """
 
     SETTLE_S = 0.2  # after each reply: lets the last worker's spinning thread pools go to sleep
@@ -502,7 +506,11 @@ class InterleavedWorker:
         self.command.append(repr(time.time()))
         self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                         text=True, encoding="utf-8")
-        self.ready = self._read()
+        try:
+            self.ready = self._read()
+        except BaseException:  # a dead, hung-up or garbled start (or Ctrl-C): never leave the process behind
+            self.kill()
+            raise
 
     def _read(self) -> dict:
         assert self.process.stdout is not None
@@ -531,6 +539,7 @@ class InterleavedWorker:
         except BrokenPipeError:
             pass
         returncode = self.process.wait()
+        self._close()
         if returncode:
             raise subprocess.CalledProcessError(returncode, self.command)
         return json.loads(self.out_prefix.with_suffix(".json").read_text(encoding="utf-8"))
@@ -539,6 +548,13 @@ class InterleavedWorker:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._close()
+
+    def _close(self) -> None:
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None and not pipe.closed:
+                with contextlib.suppress(BrokenPipeError):
+                    pipe.close()
 
 
 def write_worker_output(out_prefix: Path, result: dict, scores: np.ndarray | None) -> None:

@@ -157,7 +157,7 @@ def _print_tuning(artifact) -> None:
     print(f"measured here {decision.config.label} (tuned in {decision.seconds:.1f} s; rule's choice marked *)")
     for row in decision.table:
         rate = f"{row['pairs_per_s']:9.1f} pairs/s" if "pairs_per_s" in row else f"  {row.get('skipped', '')}"
-        rate += " (1 pass: far behind, not timed again)" if "raced_out" in row else ""
+        rate += f" ({row.get('passes', 1)} pass(es): far behind, not timed again)" if "raced_out" in row else ""
         print(f"  {'*' if row.get('rule') else ' '} {row['label']:<32}{rate}")
 
 

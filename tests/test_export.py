@@ -188,7 +188,8 @@ def test_fp32_entries_are_layers_or_blocks_and_a_layer_absorbs_its_blocks():
     from rerankrt.export.passes.matmuls import fp32_layers, parse_fp32_entry
 
     assert fp32_layers(7, ("0.attn", -1)) == ["0.attn", 6]
-    assert fp32_layers(7, (0, "0.attn", "-1.mlp", "5.attn")) == [0, "5.attn", 6]
+    assert fp32_layers(7, (0, "0.attn", "-1.mlp", "6.attn", "5.attn")) == [0, "5.attn", 6]
+    assert fp32_layers(7, ("-1.mlp",)) == ["6.mlp"]  # one block alone stays a block
     assert fp32_layers(7, ("0.attn", "0.mlp")) == [0]  # both blocks are the whole layer: one way to say it
     assert fp32_layers(7, ()) == [] and fp32_layers(0, ("0.attn",)) == []  # layers unknown: nothing to keep
     for bad in ("0.ffn", "first", "1.5", "", True):

@@ -102,16 +102,32 @@ def test_picks_the_faster_configuration_and_caches_it(artifact, cache):
     built.clear()
     again = tuning.decide(artifact, paced_builder(speeds, built), cpu=ZEN5)
     assert again.cached and again.config == decision.config and built == []
-    # a request that rules the winner out gets the fastest of what it allows, from the same table
+    # a request that rules the winner out gets the fastest of what it allows: the int8 rows were raced out
+    # (timed once each, 5x behind), so it times them properly once, then reads the same table
     only_int8 = tuning.decide(artifact, paced_builder(speeds, built), precision="int8", cpu=ZEN5)
-    assert only_int8.config.precision == "int8" and built == []
+    assert only_int8.config.precision == "int8" and {c.precision for c in built} == {"int8"}
+    built.clear()
+    again_int8 = tuning.decide(artifact, paced_builder(speeds, built), precision="int8", cpu=ZEN5)
+    assert again_int8.cached and again_int8.config == only_int8.config and built == []
+    assert tuning.decide(artifact, paced_builder(speeds, built), cpu=ZEN5).config == decision.config and built == []
+
+
+class FakeClock:
+    """``time`` for tuning.measure: runners advance it by their set cost, so pass times are exact."""
+
+    now = 0.0
+
+    @classmethod
+    def perf_counter(cls) -> float:
+        return cls.now
 
 
 @pytest.mark.parametrize("interleave", [True, False])
-def test_a_candidate_far_behind_is_not_timed_again(interleave):
-    """Racing: one pass over RACE_MARGIN x the leader's ends a candidate's timing (it cannot win), while
+def test_a_candidate_far_behind_is_not_timed_again(interleave, monkeypatch):
+    """Racing: a best pass over RACE_MARGIN x the leader's ends a candidate's timing (it cannot win), while
     candidates within the margin get every round; the choice is unchanged."""
-    seconds = {"slow first": 0.05, "leader": 0.01, "close": 0.0115, "far": 0.03}  # 5x, 1x, 1.15x, 3x
+    monkeypatch.setattr(tuning, "time", FakeClock)
+    seconds = {"slow first": 5.0, "leader": 1.0, "close": 0.99 * tuning.RACE_MARGIN, "far": 3.0}
     configs = [tuning.Config(p, "onnxruntime", label_) for p, label_ in
                zip(("int8", "fp32", "bf16", "fp16"), seconds)]
     calls = {c.inference_precision: 0 for c in configs}
@@ -119,11 +135,11 @@ def test_a_candidate_far_behind_is_not_timed_again(interleave):
     def build(config: tuning.Config):
         def run() -> None:
             calls[config.inference_precision] += 1
-            time.sleep(seconds[config.inference_precision])
+            FakeClock.now += seconds[config.inference_precision]
         return run
 
     rows = {r["config"]["inference_precision"]: r for r in
-            tuning.measure(configs, build, pairs_per_pass=10, budget_s=60.0, interleave=interleave)}
+            tuning.measure(configs, build, pairs_per_pass=10, budget_s=600.0, interleave=interleave)}
     assert rows["leader"]["passes"] == rows["close"]["passes"] == tuning.TIMED_ROUNDS
     assert "raced_out" not in rows["leader"] and "raced_out" not in rows["close"]
     assert rows["far"]["passes"] == 1 and "raced_out" in rows["far"]
@@ -288,6 +304,25 @@ def test_a_narrower_request_measures_only_what_the_table_lacks(artifact, cache, 
     built.clear()
     assert tuning.decide(artifact, paced_builder(speeds, built), precision="fp32", cpu=ZEN5).cached
     assert built == []  # and not again on the next load
+
+
+def test_a_narrower_request_times_again_what_was_raced_out(artifact, cache):
+    """Rows raced out behind a configuration the request excludes were timed once each: too noisy to choose
+    between, so the narrower request times them properly (and the table keeps the result)."""
+    speeds = {("int8", "openvino"): 1e-5, ("int8", "onnxruntime"): 1e-5, ("fp32", "onnxruntime"): 3e-5,
+              ("fp32", "openvino"): 3.3e-5}
+    full = tuning.decide(artifact, paced_builder(speeds), cpu=ZEN5)
+    assert {r["label"] for r in full.table if "raced_out" in r} == {"fp32 on onnxruntime", "fp32 on openvino"}
+    built: list = []
+    fp32 = tuning.decide(artifact, paced_builder(speeds, built), precision="fp32", cpu=ZEN5)
+    assert sorted(c.backend for c in built) == ["onnxruntime", "openvino"] and not fp32.cached
+    assert fp32.config == tuning.Config("fp32", "onnxruntime")
+    rows = {r["label"]: r for r in tuning.read_cached(fp32.key).table}
+    assert rows["fp32 on onnxruntime"]["passes"] == tuning.TIMED_ROUNDS and "raced_out" not in rows[
+        "fp32 on onnxruntime"]
+    assert "raced_out" in rows["int8 on onnxruntime"] or rows["int8 on onnxruntime"]["passes"] >= 1  # kept
+    built.clear()
+    assert tuning.decide(artifact, paced_builder(speeds, built), precision="fp32", cpu=ZEN5).cached and built == []
 
 
 def test_measuring_never_stops_a_load(tiny_artifact, cache, monkeypatch, caplog):
