@@ -437,6 +437,10 @@ class Launch:
     env: dict[str, str] | None
     cache: Path | None  # rerankrt's compile/tuning cache (OpenVINO, auto): empty at the first start, kept for a second
 
+    @property
+    def second_prefix(self) -> Path:
+        return self.prefix.with_name(self.prefix.name + "-second-start")
+
 
 def _launches(model: common.Model, systems: list[System], plain_dir: Path, run_dir: Path, pairs_file: Path,
               passes: int, latency_calls: int, workload: common.Workload) -> list[Launch]:
@@ -458,8 +462,7 @@ def _launches(model: common.Model, systems: list[System], plain_dir: Path, run_d
 def _second_start(launch: Launch, result: dict) -> None:
     """A second process on the now-warm cache: what every later start of this configuration costs."""
     assert launch.cache is not None
-    warm = common.spawn_worker(Path(__file__), [*launch.args, "--start-only"],
-                               launch.prefix.with_name(launch.prefix.name + "-second-start"), launch.env)
+    warm = common.spawn_worker(Path(__file__), [*launch.args, "--start-only"], launch.second_prefix, launch.env)
     result["second_start_s"] = warm["cold_start_s"]
     if "auto_choice" in warm:
         result["second_start_auto_choice"] = warm["auto_choice"]
@@ -468,8 +471,9 @@ def _second_start(launch: Launch, result: dict) -> None:
     result["ov_cache_files"] = sum(1 for p in launch.cache.rglob("*") if p.is_file())
 
 
-def _worker_error(launch: Launch, exc: subprocess.CalledProcessError) -> str:
-    failed = launch.prefix.with_suffix(".json")
+def _worker_error(prefix: Path, exc: subprocess.CalledProcessError) -> str:
+    """The error the worker wrote to ``<prefix>.json``, else its exit status."""
+    failed = prefix.with_suffix(".json")
     return (json.loads(failed.read_text(encoding="utf-8")).get("error") if failed.is_file()
             else None) or f"worker exited with status {exc.returncode}"
 
@@ -484,7 +488,7 @@ def run_sequential(launches: list[Launch]) -> dict[str, dict | str]:
                 _second_start(launch, result)
             out[launch.system.name] = result
         except subprocess.CalledProcessError as exc:
-            out[launch.system.name] = _worker_error(launch, exc)
+            out[launch.system.name] = _worker_error(launch.prefix, exc)
     return out
 
 
@@ -505,7 +509,7 @@ def run_interleaved(launches: list[Launch], passes: int, latency_calls: int) -> 
             try:
                 workers[name] = common.InterleavedWorker(Path(__file__), launch.args, launch.prefix, launch.env)
             except (subprocess.CalledProcessError, ValueError) as exc:
-                out[name] = (_worker_error(launch, exc) if isinstance(exc, subprocess.CalledProcessError)
+                out[name] = (_worker_error(launch.prefix, exc) if isinstance(exc, subprocess.CalledProcessError)
                              else f"malformed reply: {exc}")
                 say(f"  {name} FAILED: {out[name]}")
                 continue
@@ -515,10 +519,7 @@ def run_interleaved(launches: list[Launch], passes: int, latency_calls: int) -> 
                 try:
                     _second_start(launch, second)
                 except subprocess.CalledProcessError as exc:  # the first start measures on; the row says so
-                    failed = launch.prefix.with_name(launch.prefix.name + "-second-start").with_suffix(".json")
-                    second = {"second_start_error": (json.loads(failed.read_text(encoding="utf-8")).get("error")
-                                                     if failed.is_file() else None)
-                              or f"worker exited with status {exc.returncode}"}
+                    second = {"second_start_error": _worker_error(launch.second_prefix, exc)}
                     say(f"  {name} second start FAILED: {second['second_start_error']}")
                 out[name] = second  # merged into the result at the end
 
@@ -528,7 +529,7 @@ def run_interleaved(launches: list[Launch], passes: int, latency_calls: int) -> 
                 if "error" in reply:
                     raise RuntimeError(reply["error"])
             except (subprocess.CalledProcessError, RuntimeError, ValueError) as exc:
-                out[name] = (_worker_error(by_name[name], exc) if isinstance(exc, subprocess.CalledProcessError)
+                out[name] = (_worker_error(by_name[name].prefix, exc) if isinstance(exc, subprocess.CalledProcessError)
                              else str(exc))
                 say(f"  {name} FAILED: {out[name]}")
                 workers.pop(name).kill()
@@ -546,7 +547,7 @@ def run_interleaved(launches: list[Launch], passes: int, latency_calls: int) -> 
             try:
                 out[name] = {**worker.finish(), **(out.get(name) or {})}
             except subprocess.CalledProcessError as exc:
-                out[name] = _worker_error(by_name[name], exc)
+                out[name] = _worker_error(by_name[name].prefix, exc)
             workers.pop(name)
     finally:
         for worker in workers.values():

@@ -499,11 +499,8 @@ class InterleavedWorker:
 
     def __init__(self, script: Path, worker_args: list[str], out_prefix: Path,
                  env: dict[str, str] | None = None) -> None:
-        out_prefix.with_suffix(".json").unlink(missing_ok=True)
         self.out_prefix = out_prefix
-        self.command = [sys.executable, str(Path(script).resolve()), "worker", *worker_args, "--interleaved",
-                        "--out-prefix", str(out_prefix), "--spawn-time"]
-        self.command.append(repr(time.time()))
+        self.command = worker_command(script, [*worker_args, "--interleaved"], out_prefix)
         self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                         text=True, encoding="utf-8")
         try:
@@ -603,17 +600,23 @@ def run_driver_or_worker(parse_args: Callable[[list[str]], argparse.Namespace],
     (worker_main if args.mode == "worker" else driver_main)(args)
 
 
+def worker_command(script: Path, worker_args: list[str], out_prefix: Path) -> list[str]:
+    """``python script worker ARGS --out-prefix P --spawn-time NOW``, with any stale ``<P>.json`` removed.
+
+    The spawn time is taken last, just before the caller starts the process, so cold start includes the
+    interpreter.
+    """
+    out_prefix.with_suffix(".json").unlink(missing_ok=True)
+    return [sys.executable, str(Path(script).resolve()), "worker", *worker_args, "--out-prefix", str(out_prefix),
+            "--spawn-time", repr(time.time())]
+
+
 def spawn_worker(script: Path, worker_args: list[str], out_prefix: Path, env: dict[str, str] | None = None) -> dict:
     """Run ``script worker ARGS --spawn-time NOW`` and wait; returns the ``<out_prefix>.json`` it wrote.
 
-    One worker at a time: systems never overlap, so neither steals the other's cores. The spawn
-    time is taken last, just before the process starts, so cold start includes the interpreter.
+    One worker at a time: systems never overlap, so neither steals the other's cores.
     """
-    out_prefix.with_suffix(".json").unlink(missing_ok=True)
-    command = [sys.executable, str(Path(script).resolve()), "worker", *worker_args, "--out-prefix", str(out_prefix),
-               "--spawn-time"]
-    command.append(repr(time.time()))
-    subprocess.run(command, check=True, env=env)
+    subprocess.run(worker_command(script, worker_args, out_prefix), check=True, env=env)
     return json.loads(out_prefix.with_suffix(".json").read_text(encoding="utf-8"))
 
 

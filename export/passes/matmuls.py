@@ -63,7 +63,7 @@ def select_nodes(model: onnx.ModelProto, num_layers: int, keep_fp32_layers: tupl
     for node in weight_matmuls(model):
         weight = node.input[1]
         match = re.match(r"layers\.(\d+)\.(\w+)\.", weight)
-        if match and ((int(match.group(1)), None) in protected or (int(match.group(1)), match.group(2)) in protected):
+        if match and {(layer := int(match.group(1)), None), (layer, match.group(2))} & protected:
             continue
         if keep_head and weight.startswith("head."):
             continue
